@@ -1,0 +1,18 @@
+"""Fused span-based dynamic convolution for ConvBERT.
+
+Public API::
+
+    dynamic_conv(values, logits, num_heads, *, padding_mask=None, backend="auto")
+    span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, *, padding_mask=None, backend="auto")
+    available_backends(device="cpu")
+
+Backends: ``"reference"`` (Hugging Face's unfold formulation, the oracle), ``"eager"`` (K shifted
+multiply-adds in PyTorch), ``"triton"`` (fused Triton kernels) and ``"native"`` (the C++/CUDA
+extension), each present when it can run on the device at hand.
+"""
+
+from .backends import available_backends, backend_load_error
+from .ops import dynamic_conv, span_dynamic_conv
+
+__all__ = ["available_backends", "backend_load_error", "dynamic_conv", "span_dynamic_conv"]
+__version__ = "0.1.0"

@@ -1,0 +1,111 @@
+"""Input checks shared by every backend, so that bad input fails the same way everywhere."""
+
+from __future__ import annotations
+
+import torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_tensor(name: str, t: object, ndim: int) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_same(reference_name: str, reference: torch.Tensor, **others: torch.Tensor | None) -> None:
+    for name, t in others.items():
+        if t is None:
+            continue
+        if t.device != reference.device:
+            raise ValueError(f"{name} is on {t.device} but {reference_name} is on {reference.device}")
+        if t.dtype != reference.dtype:
+            raise ValueError(f"{name} has dtype {t.dtype} but {reference_name} has dtype {reference.dtype}")
+
+
+def check_num_heads(num_heads: object) -> int:
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    return num_heads
+
+
+def check_kernel_size(kernel_size: int, what: str) -> None:
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel size K must be odd and >= 1 (the window is centred), got K={kernel_size} {what}")
+
+
+def normalize_padding_mask(padding_mask: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor | None:
+    """Return the mask as a bool [B, L] tensor (True = token), or None."""
+    if padding_mask is None:
+        return None
+    _check_tensor("padding_mask", padding_mask, 2)
+    if tuple(padding_mask.shape) != tuple(values.shape[:2]):
+        raise ValueError(
+            f"padding_mask must have shape [B, L] = {tuple(values.shape[:2])}, got {tuple(padding_mask.shape)}"
+        )
+    if padding_mask.device != values.device:
+        raise ValueError(f"padding_mask is on {padding_mask.device} but values is on {values.device}")
+    return padding_mask if padding_mask.dtype == torch.bool else padding_mask != 0
+
+
+def check_dynamic_conv(values: torch.Tensor, logits: torch.Tensor, num_heads: int) -> int:
+    """Validate dynamic_conv inputs; return the kernel size K."""
+    check_num_heads(num_heads)
+    _check_tensor("values", values, 3)
+    _check_tensor("logits", logits, 3)
+    if values.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"values must be a floating tensor (fp16, bf16, fp32, fp64), got {values.dtype}")
+    _check_same("values", values, logits=logits)
+    if tuple(logits.shape[:2]) != tuple(values.shape[:2]):
+        raise ValueError(
+            f"logits and values must share [B, L]: logits {tuple(logits.shape)}, values {tuple(values.shape)}"
+        )
+    channels = values.shape[2]
+    if channels % num_heads != 0:
+        raise ValueError(f"values' channel count C={channels} is not divisible by num_heads={num_heads}")
+    if logits.shape[2] % num_heads != 0:
+        raise ValueError(f"logits' last dimension {logits.shape[2]} is not num_heads * K (num_heads={num_heads})")
+    kernel_size = logits.shape[2] // num_heads
+    check_kernel_size(kernel_size, f"(logits last dim {logits.shape[2]} / num_heads {num_heads})")
+    return kernel_size
+
+
+def check_span_dynamic_conv(
+    query: torch.Tensor,
+    key_conv: torch.Tensor,
+    values: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    num_heads: int,
+) -> int:
+    """Validate span_dynamic_conv inputs; return the kernel size K."""
+    check_num_heads(num_heads)
+    _check_tensor("query", query, 3)
+    _check_tensor("key_conv", key_conv, 3)
+    _check_tensor("values", values, 3)
+    _check_tensor("weight", weight, 2)
+    if bias is not None:
+        _check_tensor("bias", bias, 1)
+    if values.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"values must be a floating tensor (fp16, bf16, fp32, fp64), got {values.dtype}")
+    _check_same("values", values, query=query, key_conv=key_conv, weight=weight, bias=bias)
+    if query.shape != key_conv.shape:
+        raise ValueError(f"query {tuple(query.shape)} and key_conv {tuple(key_conv.shape)} must have the same shape")
+    if tuple(query.shape[:2]) != tuple(values.shape[:2]):
+        raise ValueError(
+            f"query and values must share [B, L]: query {tuple(query.shape)}, values {tuple(values.shape)}"
+        )
+    channels = values.shape[2]
+    if channels % num_heads != 0:
+        raise ValueError(f"values' channel count C={channels} is not divisible by num_heads={num_heads}")
+    if weight.shape[1] != query.shape[2]:
+        raise ValueError(f"weight must be [num_heads * K, A] with A={query.shape[2]}, got {tuple(weight.shape)}")
+    if weight.shape[0] % num_heads != 0:
+        raise ValueError(f"weight's first dimension {weight.shape[0]} is not num_heads * K (num_heads={num_heads})")
+    kernel_size = weight.shape[0] // num_heads
+    check_kernel_size(kernel_size, f"(weight rows {weight.shape[0]} / num_heads {num_heads})")
+    if bias is not None and bias.shape[0] != weight.shape[0]:
+        raise ValueError(f"bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
+    return kernel_size

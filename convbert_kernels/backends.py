@@ -1,0 +1,101 @@
+"""The backend registry: which implementations of the op exist and which one ``"auto"`` picks.
+
+A backend is a module exposing ``BACKEND``, a :class:`Backend`. Backends with heavy imports
+(Triton, the compiled extension) are imported on first use, so ``import convbert_kernels`` stays
+cheap and a broken optional backend never breaks the others; why one failed to load is kept and
+shown by :func:`backend_load_error`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of the two ops.
+
+    Both callables receive inputs already checked by :mod:`convbert_kernels._validation`
+    (same device and dtype, consistent shapes, odd K, bool ``padding_mask`` or None) and must
+    support autograd with respect to every floating tensor input.
+    """
+
+    name: str
+    dynamic_conv: Callable[..., torch.Tensor]  # (values, logits, num_heads, padding_mask)
+    span_dynamic_conv: Callable[..., torch.Tensor]  # (query, key_conv, values, weight, bias, num_heads, padding_mask)
+    is_available: Callable[[torch.device], bool]
+
+
+# name -> module that defines BACKEND. Order is the listing order of available_backends().
+_BACKEND_MODULES = {
+    "reference": "convbert_kernels.reference",
+    "eager": "convbert_kernels.eager",
+    "triton": "convbert_kernels.triton_backend",
+    "native": "convbert_kernels.native",
+}
+
+# What "auto" tries, fastest first, per device type.
+_AUTO_ORDER = {
+    "cuda": ("triton", "native", "eager"),
+    "cpu": ("native", "eager"),
+}
+_AUTO_FALLBACK = ("eager",)
+
+_loaded: dict[str, Backend | None] = {}
+_load_errors: dict[str, str] = {}
+
+
+def _load(name: str) -> Backend | None:
+    if name not in _loaded:
+        try:
+            module = importlib.import_module(_BACKEND_MODULES[name])
+            _loaded[name] = module.BACKEND
+        except Exception as exc:  # an optional backend must not take the others down
+            _loaded[name] = None
+            _load_errors[name] = f"{type(exc).__name__}: {exc}"
+    return _loaded[name]
+
+
+def backend_load_error(name: str) -> str | None:
+    """Why backend ``name`` could not be loaded (None if it loaded or was never tried)."""
+    if name not in _BACKEND_MODULES:
+        raise ValueError(f"unknown backend {name!r}; known backends: {list(_BACKEND_MODULES)}")
+    _load(name)
+    return _load_errors.get(name)
+
+
+def available_backends(device: str | torch.device = "cpu") -> list[str]:
+    """Names of the backends usable for tensors on ``device`` (``"auto"`` not included)."""
+    device = torch.device(device)
+    names = []
+    for name in _BACKEND_MODULES:
+        backend = _load(name)
+        if backend is not None and backend.is_available(device):
+            names.append(name)
+    return names
+
+
+def resolve_backend(name: str, device: torch.device) -> Backend:
+    """The :class:`Backend` to run for ``name`` on ``device``; ValueError if there is none."""
+    if name == "auto":
+        for candidate in _AUTO_ORDER.get(device.type, _AUTO_FALLBACK):
+            backend = _load(candidate)
+            if backend is not None and backend.is_available(device):
+                return backend
+        raise ValueError(f"no backend is available for device {device}")
+    if name not in _BACKEND_MODULES:
+        raise ValueError(
+            f"unknown backend {name!r}; available for {device}: {available_backends(device) + ['auto']}"
+        )
+    backend = _load(name)
+    if backend is None or not backend.is_available(device):
+        reason = f" ({_load_errors[name]})" if name in _load_errors else ""
+        raise ValueError(
+            f"backend {name!r} is not available for device {device}{reason}; "
+            f"available: {available_backends(device) + ['auto']}"
+        )
+    return backend

@@ -1,0 +1,46 @@
+"""The eager backend: pure PyTorch, K shifted multiply-adds instead of ``unfold``.
+
+out[t] = sum_k p[t, k] * v[t + k - P], P = (K - 1) // 2, v = 0 outside [0, L).
+
+Memory stays O(B*L*C): the values are zero-padded once along the sequence and each tap reads
+a shifted view of them. Softmax and accumulation run in at least float32. Autograd is PyTorch's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .backends import Backend
+
+
+def dynamic_conv(values, logits, num_heads, padding_mask=None):
+    batch, length, channels = values.shape
+    head_size = channels // num_heads
+    kernel_size = logits.shape[-1] // num_heads
+    half = (kernel_size - 1) // 2
+    compute_dtype = torch.promote_types(values.dtype, torch.float32)
+
+    probs = torch.softmax(logits.reshape(batch, length, num_heads, kernel_size).to(compute_dtype), dim=-1)
+    v = values.reshape(batch, length, num_heads, head_size)
+    if padding_mask is not None:
+        v = v * padding_mask[:, :, None, None].to(v.dtype)
+    v = F.pad(v, (0, 0, 0, 0, half, half))  # [B, L + 2P, n, d]
+
+    out = probs[..., 0:1] * v[:, 0:length]
+    for k in range(1, kernel_size):
+        out = out + probs[..., k : k + 1] * v[:, k : k + length]
+    return out.reshape(batch, length, channels).to(values.dtype)
+
+
+def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_mask=None):
+    logits = F.linear(key_conv * query, weight, bias)
+    return dynamic_conv(values, logits, num_heads, padding_mask)
+
+
+BACKEND = Backend(
+    name="eager",
+    dynamic_conv=dynamic_conv,
+    span_dynamic_conv=span_dynamic_conv,
+    is_available=lambda device: True,
+)

@@ -1,0 +1,85 @@
+"""The public ops: validate once, then hand the work to the chosen backend."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _validation
+from .backends import resolve_backend
+
+
+def dynamic_conv(
+    values: torch.Tensor,
+    logits: torch.Tensor,
+    num_heads: int,
+    *,
+    padding_mask: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Span-based dynamic convolution from precomputed kernel logits.
+
+    For every token ``t`` and head ``h`` the K logits are softmaxed and used as the taps of a
+    centred window over the sequence::
+
+        out[b, t, h, :] = sum_k softmax(logits[b, t, h, :])[k] * values[b, t + k - (K-1)//2, h, :]
+
+    with values taken as zero outside ``[0, L)``.
+
+    Args:
+        values: ``[B, L, C]``, ``C = num_heads * d``.
+        logits: ``[B, L, num_heads * K]``, pre-softmax, ``K`` odd.
+        num_heads: number of convolution heads ``n``.
+        padding_mask: optional ``[B, L]``, 1 (or True) for tokens, 0 for padding; values at padded
+            positions then count as zero.
+        backend: ``"auto"`` (fastest available for the inputs' device) or one of
+            :func:`available_backends`.
+
+    Returns:
+        ``[B, L, C]`` in the dtype of ``values``.
+
+    Raises:
+        ValueError: inconsistent shapes, devices or dtypes, even K, or an unavailable backend.
+    """
+    _validation.check_dynamic_conv(values, logits, num_heads)
+    mask = _validation.normalize_padding_mask(padding_mask, values)
+    impl = resolve_backend(backend, values.device)
+    return impl.dynamic_conv(values, logits, num_heads, mask)
+
+
+def span_dynamic_conv(
+    query: torch.Tensor,
+    key_conv: torch.Tensor,
+    values: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    num_heads: int,
+    *,
+    padding_mask: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """ConvBERT's whole convolution branch after its projections, fused where the backend can.
+
+    Equivalent to ``dynamic_conv(values, (key_conv * query) @ weight.T + bias, num_heads)``:
+    the span-aware kernel is generated from the product of the key convolution and the query,
+    projected to ``num_heads * K`` logits, softmaxed over K and applied to the value window.
+
+    Args:
+        query: ``[B, L, A]`` (the query projection, bias included).
+        key_conv: ``[B, L, A]`` (the separable convolution of the hidden states).
+        values: ``[B, L, C]`` (``conv_out_layer`` of the hidden states), ``C = num_heads * d``.
+        weight: ``[num_heads * K, A]`` (``conv_kernel_layer.weight``), ``K`` odd.
+        bias: ``[num_heads * K]`` or None.
+        num_heads: number of convolution heads ``n``.
+        padding_mask: optional ``[B, L]`` (1 = token, 0 = padding); padded values count as zero.
+        backend: ``"auto"`` or one of :func:`available_backends`.
+
+    Returns:
+        ``[B, L, C]`` in the dtype of ``values``.
+
+    Raises:
+        ValueError: inconsistent shapes, devices or dtypes, even K, or an unavailable backend.
+    """
+    _validation.check_span_dynamic_conv(query, key_conv, values, weight, bias, num_heads)
+    mask = _validation.normalize_padding_mask(padding_mask, values)
+    impl = resolve_backend(backend, values.device)
+    return impl.span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, mask)

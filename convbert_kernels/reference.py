@@ -1,0 +1,43 @@
+"""The reference backend: Hugging Face's formulation, with ``unfold``. The numerical oracle.
+
+It materialises every token's K-wide value window (a K-times larger tensor) and contracts it
+with the softmaxed kernel by a batched matmul, exactly as ``transformers``' ConvBertSelfAttention
+does. Slow and memory-hungry on purpose: it is what the other backends are checked against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .backends import Backend
+
+
+def dynamic_conv(values, logits, num_heads, padding_mask=None):
+    batch, length, channels = values.shape
+    head_size = channels // num_heads
+    kernel_size = logits.shape[-1] // num_heads
+    if padding_mask is not None:
+        values = values * padding_mask.unsqueeze(-1).to(values.dtype)
+    probs = torch.softmax(logits.reshape(-1, kernel_size, 1), dim=1)  # [B*L*n, K, 1]
+    # [B, C, L, 1] -> unfold -> [B, C*K, L]: column t holds the window around t, zero-padded.
+    windows = F.unfold(
+        values.transpose(1, 2).contiguous().unsqueeze(-1),
+        kernel_size=[kernel_size, 1],
+        padding=[(kernel_size - 1) // 2, 0],
+    )
+    windows = windows.transpose(1, 2).reshape(-1, head_size, kernel_size)  # [B*L*n, d, K]
+    return torch.matmul(windows, probs).reshape(batch, length, channels)
+
+
+def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_mask=None):
+    logits = F.linear(key_conv * query, weight, bias)
+    return dynamic_conv(values, logits, num_heads, padding_mask)
+
+
+BACKEND = Backend(
+    name="reference",
+    dynamic_conv=dynamic_conv,
+    span_dynamic_conv=span_dynamic_conv,
+    is_available=lambda device: True,
+)
