@@ -1,0 +1,235 @@
+"""ConvBertConfig: the model's hyper-parameters, read and written as Hugging Face config.json."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "config.json"
+
+# Keys Hugging Face configs carry that this project reads or round-trips, with their defaults.
+_GENERIC_DEFAULTS: dict[str, Any] = {
+    "output_hidden_states": False,
+    "output_attentions": False,
+    "return_dict": True,
+    "tie_word_embeddings": True,
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "problem_type": None,
+    "architectures": None,
+}
+
+
+class ConvBertConfig:
+    """Configuration of a ConvBERT model (Hugging Face compatible).
+
+    Args:
+        vocab_size: number of token ids.
+        hidden_size: width Hd of the encoder layers.
+        num_hidden_layers: number of encoder layers.
+        num_attention_heads: heads before the head ratio; the layer has
+            ``n = num_attention_heads // head_ratio`` self-attention heads and as many
+            convolution heads, each of size ``d = (hidden_size // n) // 2``.
+        intermediate_size: width of the feed-forward layer.
+        hidden_act: activation of the feed-forward layer and classifier ("gelu", "relu", ...).
+        hidden_dropout_prob: dropout of embeddings and fully connected layers.
+        attention_probs_dropout_prob: dropout of the attention probabilities.
+        max_position_embeddings: longest sequence the position embeddings cover.
+        type_vocab_size: number of token type (segment) ids.
+        initializer_range: standard deviation of the normal weight initialisation.
+        layer_norm_eps: LayerNorm epsilon.
+        pad_token_id, bos_token_id, eos_token_id: special ids (pad only affects initialisation).
+        embedding_size: width E of the embeddings; projected to ``hidden_size`` when different.
+        head_ratio: the ratio gamma by which attention heads are reduced.
+        conv_kernel_size: the span K of the dynamic convolution (odd).
+        num_groups: groups of the grouped feed-forward linear layers.
+        classifier_dropout: dropout of the classification heads (default: hidden_dropout_prob).
+        conv_backend: ``convbert_kernels`` backend of the convolution branch ("auto", "eager",
+            "reference", "triton", "native"). Not a Hugging Face key; transformers ignores it.
+        conv_mask_padding: when True the convolution branch treats padding positions as zeros.
+            Hugging Face does not (padding leaks into the windows of nearby tokens), so the
+            default False keeps checkpoint parity.
+        num_labels / id2label / label2id: classification labels (default 2).
+        **kwargs: any other Hugging Face config key; kept and written back.
+    """
+
+    model_type = "convbert"
+
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12,
+        pad_token_id: int | None = 1,
+        bos_token_id: int | None = 0,
+        eos_token_id: int | None = 2,
+        embedding_size: int = 768,
+        head_ratio: int = 2,
+        conv_kernel_size: int = 9,
+        num_groups: int = 1,
+        classifier_dropout: float | None = None,
+        conv_backend: str = "auto",
+        conv_mask_padding: bool = False,
+        **kwargs: Any,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.embedding_size = embedding_size
+        self.head_ratio = head_ratio
+        self.conv_kernel_size = conv_kernel_size
+        self.num_groups = num_groups
+        self.classifier_dropout = classifier_dropout
+        self.conv_backend = conv_backend
+        self.conv_mask_padding = conv_mask_padding
+
+        id2label = kwargs.pop("id2label", None)
+        label2id = kwargs.pop("label2id", None)
+        num_labels = kwargs.pop("num_labels", None)
+        if id2label is None:
+            id2label = {i: f"LABEL_{i}" for i in range(num_labels if num_labels is not None else 2)}
+        self.id2label = {int(k): v for k, v in id2label.items()}
+        self.label2id = dict(label2id) if label2id is not None else {v: k for k, v in self.id2label.items()}
+        if num_labels is not None and num_labels != len(self.id2label):
+            raise ValueError(f"num_labels={num_labels} disagrees with id2label of {len(self.id2label)} labels")
+
+        for key, default in _GENERIC_DEFAULTS.items():
+            setattr(self, key, kwargs.pop(key, default))
+        self._extra = kwargs  # other Hugging Face keys, written back unchanged
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+        self.validate()
+
+    # ---- derived sizes -------------------------------------------------------------------
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        self.id2label = {i: f"LABEL_{i}" for i in range(value)}
+        self.label2id = {v: k for k, v in self.id2label.items()}
+
+    @property
+    def num_heads(self) -> int:
+        """n: attention heads per layer after the head ratio (as many convolution heads)."""
+        return max(self.num_attention_heads // self.head_ratio, 1)
+
+    @property
+    def head_size(self) -> int:
+        """d = (hidden_size // n) // 2."""
+        return (self.hidden_size // self.num_heads) // 2
+
+    @property
+    def all_head_size(self) -> int:
+        """A = n * d, the width of each branch."""
+        return self.num_heads * self.head_size
+
+    @property
+    def use_return_dict(self) -> bool:
+        return self.return_dict
+
+    def validate(self) -> None:
+        """Raise ValueError if the sizes do not fit together."""
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size", "embedding_size", "head_ratio",
+                     "conv_kernel_size", "num_groups"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.conv_kernel_size % 2 == 0:
+            raise ValueError(f"conv_kernel_size must be odd (a centred window), got {self.conv_kernel_size}")
+        if self.hidden_size % self.num_heads != 0:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by the {self.num_heads} heads "
+                f"(num_attention_heads={self.num_attention_heads} // head_ratio={self.head_ratio})"
+            )
+        if self.head_size < 1:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is too small for {self.num_heads} heads: head size "
+                f"(hidden_size // heads) // 2 would be 0"
+            )
+        if self.hidden_size % self.num_groups or self.intermediate_size % self.num_groups:
+            raise ValueError(
+                f"num_groups={self.num_groups} must divide hidden_size={self.hidden_size} and "
+                f"intermediate_size={self.intermediate_size}"
+            )
+
+    # ---- serialisation ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """All keys as written to config.json."""
+        out = {k: copy.deepcopy(v) for k, v in self.__dict__.items() if not k.startswith("_")}
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["model_type"] = self.model_type
+        out.update({k: copy.deepcopy(getattr(self, k)) for k in self._extra})
+        return dict(sorted(out.items()))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> "ConvBertConfig":
+        values = dict(config_dict)
+        model_type = values.pop("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(f"config has model_type {model_type!r}, expected {cls.model_type!r}")
+        values.update(overrides)
+        return cls(**values)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` into ``save_directory`` (created if needed); return its path."""
+        directory = Path(save_directory)
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(f"{directory} exists and is not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / CONFIG_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(self.to_json_string())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, pretrained_path: str | os.PathLike, **overrides: Any) -> "ConvBertConfig":
+        """Read ``config.json`` from a directory (or the file itself); keyword arguments override keys."""
+        path = Path(pretrained_path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} at {pretrained_path}")
+        try:
+            config_dict = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(config_dict, **overrides)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ConvBertConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
