@@ -12,7 +12,15 @@ extension), each present when it can run on the device at hand.
 """
 
 from .backends import available_backends, backend_load_error
+from .hf_patch import patch_transformers, unpatch_transformers  # imports transformers only when called
 from .ops import dynamic_conv, span_dynamic_conv
 
-__all__ = ["available_backends", "backend_load_error", "dynamic_conv", "span_dynamic_conv"]
+__all__ = [
+    "available_backends",
+    "backend_load_error",
+    "dynamic_conv",
+    "patch_transformers",
+    "span_dynamic_conv",
+    "unpatch_transformers",
+]
 __version__ = "0.1.0"
