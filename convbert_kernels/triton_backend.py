@@ -1,0 +1,187 @@
+"""The Triton backend: the kernels of :mod:`convbert_kernels.triton_kernels` as torch custom ops.
+
+Four ops live in the ``convbert`` namespace::
+
+    convbert::triton_span_fwd(query, key_conv, values, weight, bias?, num_heads, padding_mask?)
+        -> (out, probs)
+    convbert::triton_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask?)
+        -> (d_query, d_key_conv, d_values, d_weight, d_bias)
+    convbert::triton_dynamic_fwd(values, logits, num_heads, padding_mask?) -> (out, probs)
+    convbert::triton_dynamic_bwd(grad_out, values, probs, num_heads, padding_mask?) -> (d_values, d_logits)
+
+Each has a fake (meta) implementation, and the forward ops carry autograd formulas that call the
+backward ops, so ``torch.compile(fullgraph=True)`` traces them as opaque nodes and
+``torch.library.opcheck`` passes. ``torch.library.custom_op`` is used rather than
+``triton_op``/``wrap_triton``: the latter fails under torch.compile with the Triton interpreter
+on CPU tensors (the CI configuration), while a custom op launching the same kernels works on
+both CPU (interpreter) and CUDA. The price is that Inductor cannot fuse into the kernels.
+
+Availability: CUDA devices whenever Triton imports and CUDA is present; CPU devices only when
+``TRITON_INTERPRET=1`` was set before Triton was imported. Importing this module raises if Triton
+is missing; the registry records that as the reason the backend is unavailable.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import triton_kernels as _k
+from .backends import Backend
+
+_NS = "convbert"
+
+
+# ---- span_dynamic_conv ------------------------------------------------------------------------
+
+
+@torch.library.custom_op(f"{_NS}::triton_span_fwd", mutates_args=())
+def triton_span_fwd(
+    query: Tensor, key_conv: Tensor, values: Tensor, weight: Tensor, bias: Optional[Tensor],
+    num_heads: int, padding_mask: Optional[Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Fused forward; returns ``(out [B, L, C], probs [B, L, n, K] fp32)``."""
+    return _k.span_forward(query, key_conv, values, weight, bias, num_heads, padding_mask)
+
+
+@triton_span_fwd.register_fake
+def _(query, key_conv, values, weight, bias, num_heads, padding_mask):
+    batch, length, channels = values.shape
+    kernel_size = weight.shape[0] // num_heads
+    _, probs_dtype = _k._acc_dtypes(values.dtype)
+    return (
+        values.new_empty((batch, length, channels)),
+        values.new_empty((batch, length, num_heads, kernel_size), dtype=probs_dtype),
+    )
+
+
+@torch.library.custom_op(f"{_NS}::triton_span_bwd", mutates_args=())
+def triton_span_bwd(
+    grad_out: Tensor, query: Tensor, key_conv: Tensor, values: Tensor, weight: Tensor, probs: Tensor,
+    num_heads: int, padding_mask: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward; returns ``(d_query, d_key_conv, d_values, d_weight, d_bias)`` (d_bias always)."""
+    return _k.span_backward(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask)
+
+
+@triton_span_bwd.register_fake
+def _(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask):
+    return (
+        query.new_empty(query.shape),
+        key_conv.new_empty(key_conv.shape),
+        values.new_empty(values.shape),
+        weight.new_empty(weight.shape),
+        weight.new_empty((weight.shape[0],)),
+    )
+
+
+def _span_setup_context(ctx, inputs, output):
+    query, key_conv, values, weight, bias, num_heads, padding_mask = inputs
+    _out, probs = output
+    ctx.save_for_backward(query, key_conv, values, weight, probs, padding_mask)
+    ctx.num_heads = num_heads
+    ctx.has_bias = bias is not None
+    ctx.mark_non_differentiable(probs)
+
+
+def _span_backward(ctx, grad_out, _grad_probs):
+    query, key_conv, values, weight, probs, padding_mask = ctx.saved_tensors
+    d_query, d_key_conv, d_values, d_weight, d_bias = triton_span_bwd(
+        grad_out, query, key_conv, values, weight, probs, ctx.num_heads, padding_mask
+    )
+    return d_query, d_key_conv, d_values, d_weight, (d_bias if ctx.has_bias else None), None, None
+
+
+triton_span_fwd.register_autograd(_span_backward, setup_context=_span_setup_context)
+
+
+# ---- dynamic_conv -------------------------------------------------------------------------------
+
+
+@torch.library.custom_op(f"{_NS}::triton_dynamic_fwd", mutates_args=())
+def triton_dynamic_fwd(
+    values: Tensor, logits: Tensor, num_heads: int, padding_mask: Optional[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Forward from given logits; returns ``(out [B, L, C], probs [B, L, n, K] fp32)``."""
+    return _k.dynamic_forward(values, logits, num_heads, padding_mask)
+
+
+@triton_dynamic_fwd.register_fake
+def _(values, logits, num_heads, padding_mask):
+    batch, length, channels = values.shape
+    kernel_size = logits.shape[2] // num_heads
+    _, probs_dtype = _k._acc_dtypes(values.dtype)
+    return (
+        values.new_empty((batch, length, channels)),
+        values.new_empty((batch, length, num_heads, kernel_size), dtype=probs_dtype),
+    )
+
+
+@torch.library.custom_op(f"{_NS}::triton_dynamic_bwd", mutates_args=())
+def triton_dynamic_bwd(
+    grad_out: Tensor, values: Tensor, probs: Tensor, num_heads: int, padding_mask: Optional[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Backward; returns ``(d_values [B, L, C], d_logits [B, L, n*K])`` in the values' dtype."""
+    return _k.dynamic_backward(grad_out, values, probs, num_heads, padding_mask, values.dtype)
+
+
+@triton_dynamic_bwd.register_fake
+def _(grad_out, values, probs, num_heads, padding_mask):
+    batch, length, _ = values.shape
+    return (
+        values.new_empty(values.shape),
+        values.new_empty((batch, length, num_heads * probs.shape[3])),
+    )
+
+
+def _dynamic_setup_context(ctx, inputs, output):
+    values, _logits, num_heads, padding_mask = inputs
+    _out, probs = output
+    ctx.save_for_backward(values, probs, padding_mask)
+    ctx.num_heads = num_heads
+    ctx.mark_non_differentiable(probs)
+
+
+def _dynamic_backward(ctx, grad_out, _grad_probs):
+    values, probs, padding_mask = ctx.saved_tensors
+    d_values, d_logits = triton_dynamic_bwd(grad_out, values, probs, ctx.num_heads, padding_mask)
+    return d_values, d_logits, None, None
+
+
+triton_dynamic_fwd.register_autograd(_dynamic_backward, setup_context=_dynamic_setup_context)
+
+
+# ---- the backend ------------------------------------------------------------------------------
+
+
+def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_mask=None):
+    """``span_dynamic_conv`` through the fused Triton kernels (inputs already validated)."""
+    return triton_span_fwd(query, key_conv, values, weight, bias, num_heads, padding_mask)[0]
+
+
+def dynamic_conv(values, logits, num_heads, padding_mask=None):
+    """``dynamic_conv`` through the Triton kernels (inputs already validated)."""
+    return triton_dynamic_fwd(values, logits, num_heads, padding_mask)[0]
+
+
+_CUDA = torch.cuda.is_available()
+
+
+def is_available(device: torch.device) -> bool:
+    """CUDA devices when CUDA works; CPU devices only under the Triton interpreter."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return _CUDA
+    if device.type == "cpu":
+        return _k.INTERPRET
+    return False
+
+
+BACKEND = Backend(
+    name="triton",
+    dynamic_conv=dynamic_conv,
+    span_dynamic_conv=span_dynamic_conv,
+    is_available=is_available,
+)
