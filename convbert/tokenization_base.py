@@ -1,0 +1,776 @@
+"""Shared machinery of the ConvBERT tokenizers.
+
+:class:`ConvBertTokenizerBase` holds everything that does not depend on *how* text is split into
+WordPiece tokens: special tokens, the ``__call__`` / ``encode`` / ``decode`` API, padding and
+truncation strategies, tensor conversion and the Hugging Face directory layout used by
+``save_pretrained`` / ``from_pretrained``. The pure-Python :class:`~convbert.ConvBertTokenizer` and
+the ``tokenizers``-backed :class:`~convbert.ConvBertTokenizerFast` subclass it.
+
+The conventions (argument names, defaults, strategy semantics) follow Hugging Face ``transformers``
+so that code written for ``transformers`` tokenizers works unchanged; ``transformers`` itself is
+not needed at runtime.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+VOCAB_FILE = "vocab.txt"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+
+#: ``model_max_length`` when none is configured (same sentinel value as ``transformers``).
+VERY_LARGE_INTEGER = int(1e30)
+LARGE_INTEGER = int(1e20)
+
+SPECIAL_TOKEN_NAMES = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
+TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
+
+
+class VocabularyError(ValueError):
+    """Raised when a vocabulary file is missing, empty or unusable."""
+
+
+def read_vocab_lines(vocab_file: str | os.PathLike) -> list[str]:
+    """Read the tokens of a WordPiece ``vocab.txt``, one per line, in file order (duplicates kept).
+
+    Lines are split the way Python's text mode splits them (``\\n``, ``\\r\\n`` and ``\\r`` all end a
+    line), so CRLF files load like LF files.
+
+    Raises:
+        VocabularyError: if the file does not exist, is not a file, or holds no token.
+    """
+    path = os.fspath(vocab_file)
+    if not os.path.isfile(path):
+        raise VocabularyError(
+            f"Can't find a vocabulary file at path {path!r}. Pass the path of a WordPiece vocab.txt "
+            "(one token per line), or load a saved tokenizer directory with `from_pretrained`."
+        )
+    with open(path, "r", encoding="utf-8") as reader:
+        lines = [line.rstrip("\n") for line in reader.readlines()]
+    if not any(lines):
+        raise VocabularyError(f"The vocabulary file {path!r} is empty: it must hold one token per line.")
+    return lines
+
+
+def load_vocab(vocab_file: str | os.PathLike) -> "collections.OrderedDict[str, int]":
+    """Read a WordPiece ``vocab.txt`` into an ordered ``{token: id}`` mapping; the id is the line number.
+
+    When a token occurs on several lines, the *last* line wins, exactly like the reference BERT
+    tokenizers; the earlier ids then have no token (``len(vocab)`` is smaller than the number of
+    lines). See :func:`read_vocab_lines` for line splitting and errors.
+    """
+    return vocab_from_lines(read_vocab_lines(vocab_file))
+
+
+def vocab_from_lines(lines: list[str]) -> "collections.OrderedDict[str, int]":
+    """``{token: line number}`` with the last line of a repeated token winning."""
+    vocab: collections.OrderedDict[str, int] = collections.OrderedDict()
+    for index, token in enumerate(lines):
+        vocab[token] = index
+    return vocab
+
+
+def write_vocab_file(lines: list[str], path: str) -> str:
+    """Write tokens one per line (LF endings) so that :func:`load_vocab` gives back the same ids."""
+    for tok in lines:
+        if "\n" in tok or "\r" in tok:
+            raise VocabularyError(f"Token {tok!r} contains a line break and cannot be written to vocab.txt")
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for tok in lines:
+            f.write(tok + "\n")
+    return path
+
+
+def vocab_lines_from_dict(vocab: dict[str, int]) -> list[str]:
+    """Lines of a ``vocab.txt`` that reloads to exactly ``vocab`` (holes left by duplicates are filled
+    with a copy of a token that owns a later id, which the later line overrides on reload)."""
+    by_id = {i: t for t, i in vocab.items()}
+    size = max(by_id) + 1 if by_id else 0
+    lines = []
+    for i in range(size):
+        j = i
+        while j not in by_id:
+            j += 1
+        lines.append(by_id[j])
+    return lines
+
+
+class BatchEncoding(dict):
+    """Output of a tokenizer call: a ``dict`` of model inputs that also allows attribute access.
+
+    ``encoding.input_ids`` is ``encoding["input_ids"]``. :meth:`to` moves tensors to a device.
+    """
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"'BatchEncoding' has no attribute {name!r}") from None
+
+    def __getstate__(self):
+        return dict(self)
+
+    def __setstate__(self, state):
+        self.update(state)
+
+    def convert_to_tensors(self, tensor_type: str | None = None, prepend_batch_axis: bool = False) -> "BatchEncoding":
+        """Convert the lists in place to ``torch`` tensors (``tensor_type="pt"``) or numpy arrays (``"np"``)."""
+        if tensor_type is None:
+            return self
+        tensor_type = str(getattr(tensor_type, "value", tensor_type))
+        if tensor_type == "pt":
+            import torch
+
+            def as_tensor(value):
+                return torch.tensor(value, dtype=torch.long)
+
+        elif tensor_type == "np":
+            import numpy as np
+
+            def as_tensor(value):
+                return np.asarray(value, dtype=np.int64)
+
+        else:
+            raise ValueError(f"Unsupported return_tensors={tensor_type!r}: use None, 'pt' or 'np'.")
+        for key, value in list(self.items()):
+            if prepend_batch_axis:
+                value = [value]
+            if isinstance(value, list) and value and isinstance(value[0], list):
+                lengths = {len(v) for v in value}
+                if len(lengths) > 1:
+                    raise ValueError(
+                        f"Unable to create a tensor for {key!r}: the sequences have different lengths {sorted(lengths)}. "
+                        "Use `padding=True` (or 'max_length') and/or `truncation=True` to get rectangular batches."
+                    )
+            self[key] = as_tensor(value)
+        return self
+
+    def to(self, device) -> "BatchEncoding":
+        """Move every tensor to ``device`` (returns ``self``)."""
+        for key, value in self.items():
+            if hasattr(value, "to"):
+                self[key] = value.to(device)
+        return self
+
+
+def _is_text(x: Any) -> bool:
+    return isinstance(x, str)
+
+
+class ConvBertTokenizerBase:
+    """Common API of :class:`~convbert.ConvBertTokenizer` and :class:`~convbert.ConvBertTokenizerFast`.
+
+    Subclasses implement ``tokenize``, ``_convert_token_to_id``, ``_convert_id_to_token``,
+    ``convert_tokens_to_string``, ``get_vocab``, ``vocab_size``, ``save_vocabulary`` and
+    ``_encode_batch``.
+    """
+
+    vocab_files_names = {"vocab_file": VOCAB_FILE}
+    model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    padding_side = "right"
+    truncation_side = "right"
+    pad_token_type_id = 0
+    is_fast = False
+
+    def __init__(
+        self,
+        unk_token: str = "[UNK]",
+        sep_token: str = "[SEP]",
+        pad_token: str = "[PAD]",
+        cls_token: str = "[CLS]",
+        mask_token: str = "[MASK]",
+        model_max_length: int | None = None,
+        padding_side: str = "right",
+        truncation_side: str = "right",
+        clean_up_tokenization_spaces: bool = True,
+        name_or_path: str = "",
+        **kwargs,
+    ):
+        self.unk_token = str(unk_token)
+        self.sep_token = str(sep_token)
+        self.pad_token = str(pad_token)
+        self.cls_token = str(cls_token)
+        self.mask_token = str(mask_token)
+        self.model_max_length = int(model_max_length) if model_max_length is not None else VERY_LARGE_INTEGER
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        if truncation_side not in ("right", "left"):
+            raise ValueError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
+        self.padding_side = padding_side
+        self.truncation_side = truncation_side
+        self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
+        self.name_or_path = name_or_path
+        # Keys of tokenizer_config.json that we do not interpret are kept so they survive a save/load.
+        self._extra_config = {
+            k: v for k, v in kwargs.items() if k not in _IGNORED_CONFIG_KEYS and _is_json_scalar(v)
+        }
+
+    # ------------------------------------------------------------------ special tokens
+    @property
+    def all_special_tokens(self) -> list[str]:
+        """The special tokens, in the order [UNK], [SEP], [PAD], [CLS], [MASK] (duplicates removed)."""
+        out: list[str] = []
+        for name in SPECIAL_TOKEN_NAMES:
+            tok = getattr(self, name)
+            if tok is not None and tok not in out:
+                out.append(tok)
+        return out
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        """Ids of :attr:`all_special_tokens`."""
+        return self.convert_tokens_to_ids(self.all_special_tokens)
+
+    @property
+    def special_tokens_map(self) -> dict[str, str]:
+        """``{"unk_token": "[UNK]", ...}``, as written to ``special_tokens_map.json``."""
+        return {name: getattr(self, name) for name in SPECIAL_TOKEN_NAMES if getattr(self, name) is not None}
+
+    @property
+    def unk_token_id(self) -> int:
+        return self.convert_tokens_to_ids(self.unk_token)
+
+    @property
+    def sep_token_id(self) -> int:
+        return self.convert_tokens_to_ids(self.sep_token)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.convert_tokens_to_ids(self.pad_token)
+
+    @property
+    def cls_token_id(self) -> int:
+        return self.convert_tokens_to_ids(self.cls_token)
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.convert_tokens_to_ids(self.mask_token)
+
+    # ------------------------------------------------------------------ vocabulary
+    @property
+    def vocab_size(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_vocab(self) -> dict[str, int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """Number of distinct tokens (vocabulary plus special tokens that were missing from it)."""
+        return len(self.get_vocab())
+
+    def tokenize(self, text: str, **kwargs) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _convert_token_to_id(self, token: str) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _convert_id_to_token(self, index: int) -> str | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def convert_tokens_to_ids(self, tokens: str | Iterable[str]) -> int | list[int]:
+        """Map a token (or a list of tokens) to its id; unknown tokens map to ``unk_token_id``."""
+        if tokens is None:
+            return None
+        if isinstance(tokens, str):
+            return self._convert_token_to_id(tokens)
+        return [self._convert_token_to_id(t) for t in tokens]
+
+    def convert_ids_to_tokens(self, ids: int | Iterable[int], skip_special_tokens: bool = False):
+        """Map an id (or a list of ids) back to its token.
+
+        Args:
+            ids: one id or a sequence of ids (a 1-D tensor works too).
+            skip_special_tokens: drop the special tokens ([CLS], [SEP], [PAD], ...) from a list.
+        """
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        if isinstance(ids, int):
+            return self._convert_id_to_token(ids)
+        skip = set(self.all_special_ids) if skip_special_tokens else set()
+        return [self._convert_id_to_token(int(i)) for i in ids if int(i) not in skip]
+
+    # ------------------------------------------------------------------ special-token layout
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        """How many special tokens :meth:`build_inputs_with_special_tokens` adds (2 for one text, 3 for a pair)."""
+        return 3 if pair else 2
+
+    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+        """Add the special tokens: ``[CLS] A [SEP]`` for one sequence, ``[CLS] A [SEP] B [SEP]`` for a pair.
+
+        Args:
+            token_ids_0: ids of the first sequence.
+            token_ids_1: ids of the optional second sequence.
+
+        Returns:
+            The list of input ids with special tokens.
+        """
+        cls, sep = [self.cls_token_id], [self.sep_token_id]
+        if token_ids_1 is None:
+            return cls + list(token_ids_0) + sep
+        return cls + list(token_ids_0) + sep + list(token_ids_1) + sep
+
+    def get_special_tokens_mask(
+        self,
+        token_ids_0: list[int],
+        token_ids_1: list[int] | None = None,
+        already_has_special_tokens: bool = False,
+    ) -> list[int]:
+        """Mask with 1 for special tokens and 0 for sequence tokens.
+
+        Args:
+            token_ids_0: ids of the first sequence.
+            token_ids_1: ids of the optional second sequence.
+            already_has_special_tokens: the ids already contain special tokens; the mask then marks every
+                id that belongs to a special token.
+        """
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise ValueError(
+                    "You should not supply a second sequence if the provided sequence of ids is already formatted "
+                    "with special tokens for the model."
+                )
+            special = set(self.all_special_ids)
+            return [1 if int(i) in special else 0 for i in token_ids_0]
+        if token_ids_1 is None:
+            return [1] + [0] * len(token_ids_0) + [1]
+        return [1] + [0] * len(token_ids_0) + [1] + [0] * len(token_ids_1) + [1]
+
+    def create_token_type_ids_from_sequences(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
+        """Segment ids: 0 for ``[CLS] A [SEP]`` and 1 for ``B [SEP]``.
+
+        Args:
+            token_ids_0: ids of the first sequence.
+            token_ids_1: ids of the optional second sequence.
+        """
+        first = [0] * (len(token_ids_0) + 2)
+        if token_ids_1 is None:
+            return first
+        return first + [1] * (len(token_ids_1) + 1)
+
+    # ------------------------------------------------------------------ strategies
+    def _get_padding_truncation_strategies(self, padding=False, truncation=None, max_length=None, pad_to_multiple_of=None):
+        """Resolve the user's ``padding`` / ``truncation`` / ``max_length`` like ``transformers`` does."""
+        if max_length is not None and padding is False and truncation is None:
+            truncation = "longest_first"  # max_length alone activates truncation
+
+        if padding is True:
+            padding_strategy = "longest"
+        elif padding is False or padding is None:
+            padding_strategy = "do_not_pad"
+        else:
+            padding_strategy = str(getattr(padding, "value", padding))
+            if padding_strategy not in PADDING_STRATEGIES:
+                raise ValueError(f"padding={padding!r} is not one of False, True, {PADDING_STRATEGIES}")
+
+        if truncation is True:
+            truncation_strategy = "longest_first"
+        elif truncation is False or truncation is None:
+            truncation_strategy = "do_not_truncate"
+        else:
+            truncation_strategy = str(getattr(truncation, "value", truncation))
+            if truncation_strategy not in TRUNCATION_STRATEGIES:
+                raise ValueError(f"truncation={truncation!r} is not one of False, True, {TRUNCATION_STRATEGIES}")
+
+        if max_length is None:
+            if padding_strategy == "max_length":
+                if self.model_max_length > LARGE_INTEGER:
+                    padding_strategy = "do_not_pad"
+                else:
+                    max_length = self.model_max_length
+            if truncation_strategy != "do_not_truncate":
+                if self.model_max_length > LARGE_INTEGER:
+                    truncation_strategy = "do_not_truncate"
+                else:
+                    max_length = self.model_max_length
+
+        if padding_strategy != "do_not_pad" and (self.pad_token is None or self.pad_token_id is None or self.pad_token_id < 0):
+            raise ValueError("Asking to pad but the tokenizer has no padding token.")
+        if (
+            truncation_strategy != "do_not_truncate"
+            and padding_strategy != "do_not_pad"
+            and pad_to_multiple_of is not None
+            and max_length is not None
+            and max_length % pad_to_multiple_of != 0
+        ):
+            raise ValueError(
+                f"Truncation and padding are both activated but truncation length ({max_length}) is not a multiple "
+                f"of pad_to_multiple_of ({pad_to_multiple_of})."
+            )
+        return padding_strategy, truncation_strategy, max_length
+
+    # ------------------------------------------------------------------ main entry points
+    def __call__(
+        self,
+        text: str | Sequence[str] | Sequence[tuple[str, str]],
+        text_pair: str | Sequence[str] | None = None,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_tensors: str | None = None,
+        return_token_type_ids: bool | None = None,
+        return_attention_mask: bool | None = None,
+        return_special_tokens_mask: bool = False,
+        return_length: bool = False,
+    ) -> BatchEncoding:
+        """Tokenize a text, a pair of texts, or a batch of either, into model inputs.
+
+        Args:
+            text: a string, or a list of strings (a batch), or a list of ``(text, text_pair)`` tuples.
+            text_pair: the second sequence(s) of each pair: a string with a single ``text``, a list with a batch.
+            add_special_tokens: add ``[CLS]`` / ``[SEP]``.
+            padding: ``False``/``"do_not_pad"``, ``True``/``"longest"`` (pad to the longest sequence of the batch)
+                or ``"max_length"`` (pad to ``max_length``, or ``model_max_length`` when not given).
+            truncation: ``True``/``"longest_first"``, ``"only_first"``, ``"only_second"`` or ``False``. Giving only
+                ``max_length`` activates ``"longest_first"``.
+            max_length: the length limit for truncation / ``"max_length"`` padding (special tokens included).
+            pad_to_multiple_of: round the padded length up to a multiple of this value.
+            padding_side: ``"right"`` (default) or ``"left"``.
+            return_tensors: ``None`` (Python lists), ``"pt"`` (torch tensors) or ``"np"``.
+            return_token_type_ids: return ``token_type_ids`` (default ``True``).
+            return_attention_mask: return ``attention_mask`` (default ``True``).
+            return_special_tokens_mask: also return ``special_tokens_mask``.
+            return_length: also return ``length`` (the length of each returned ``input_ids``).
+
+        Returns:
+            A :class:`BatchEncoding` with ``input_ids``, ``token_type_ids`` and ``attention_mask``; lists of lists
+            for a batch, flat lists for a single input, tensors of shape ``[batch, length]`` with ``"pt"``.
+        """
+        if text is None:
+            raise ValueError("You need to specify `text`.")
+        padding_strategy, truncation_strategy, max_length = self._get_padding_truncation_strategies(
+            padding, truncation, max_length, pad_to_multiple_of
+        )
+        if padding_side is not None and padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+
+        is_batched = isinstance(text, (list, tuple))
+        if is_batched:
+            if isinstance(text_pair, str):
+                raise TypeError("When `text` is a batch, `text_pair` must be a list of the same length.")
+            if text_pair is not None:
+                if len(text_pair) != len(text):
+                    raise ValueError(
+                        f"Batch length of `text` ({len(text)}) does not match that of `text_pair` ({len(text_pair)})."
+                    )
+                pairs = [(a, b) for a, b in zip(text, text_pair)]
+            else:
+                pairs = []
+                for item in text:
+                    if isinstance(item, (list, tuple)):
+                        if len(item) == 2 and all(_is_text(x) for x in item):
+                            pairs.append((item[0], item[1]))
+                        elif len(item) == 1 and _is_text(item[0]):
+                            pairs.append((item[0], None))
+                        else:
+                            raise ValueError(
+                                "Each element of a batch must be a string or a (text, text_pair) tuple of strings; "
+                                f"got {item!r}."
+                            )
+                    else:
+                        pairs.append((item, None))
+        else:
+            pairs = [(text, text_pair)]
+        for a, b in pairs:
+            if not _is_text(a) or (b is not None and not _is_text(b)):
+                raise TypeError(f"Text inputs must be strings, got {type(a).__name__} and {type(b).__name__}.")
+
+        if return_token_type_ids is None:
+            return_token_type_ids = "token_type_ids" in self.model_input_names
+        if return_attention_mask is None:
+            return_attention_mask = "attention_mask" in self.model_input_names
+
+        out = self._encode_batch(
+            pairs,
+            add_special_tokens=add_special_tokens,
+            padding_strategy=padding_strategy,
+            truncation_strategy=truncation_strategy,
+            max_length=max_length,
+            pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side or self.padding_side,
+            return_special_tokens_mask=return_special_tokens_mask,
+        )
+        keys = ["input_ids"]
+        if return_token_type_ids:
+            keys.append("token_type_ids")
+        if return_attention_mask:
+            keys.append("attention_mask")
+        if return_special_tokens_mask:
+            keys.append("special_tokens_mask")
+        result = {k: out[k] for k in keys}
+        if return_length:
+            result["length"] = [len(ids) for ids in out["input_ids"]]
+        if not is_batched:
+            result = {k: v[0] for k, v in result.items()}
+        return BatchEncoding(result).convert_to_tensors(return_tensors, prepend_batch_axis=not is_batched)
+
+    def _encode_batch(self, pairs, **kwargs) -> dict[str, list]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode(
+        self,
+        text: str,
+        text_pair: str | None = None,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        **kwargs,
+    ):
+        """Encode one text (or one pair) into a list of ids; same arguments as :meth:`__call__`."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode() takes one string (or one pair of strings), got {type(text).__name__}")
+        enc = self(
+            text,
+            text_pair=text_pair,
+            add_special_tokens=add_special_tokens,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            return_tensors=return_tensors,
+            return_token_type_ids=False,
+            return_attention_mask=False,
+            **kwargs,
+        )
+        return enc["input_ids"]
+
+    def pad(
+        self,
+        encoded_inputs,
+        padding: bool | str = True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_tensors: str | None = None,
+    ) -> BatchEncoding:
+        """Pad already-encoded inputs (a dict of lists of ids, or a list of such dicts, e.g. in a collate function).
+
+        Args:
+            encoded_inputs: ``{"input_ids": [[...], ...], ...}`` or ``[{"input_ids": [...]}, ...]``.
+            padding: ``True``/``"longest"``, ``"max_length"`` or ``False``.
+            max_length: length for ``"max_length"`` padding.
+            pad_to_multiple_of: round the padded length up to a multiple of this value.
+            padding_side: ``"right"`` or ``"left"``.
+            return_attention_mask: add/pad ``attention_mask`` (default ``True``).
+            return_tensors: ``None``, ``"pt"`` or ``"np"``.
+        """
+        if isinstance(encoded_inputs, (list, tuple)):
+            if not encoded_inputs:
+                return BatchEncoding({"input_ids": []})
+            encoded_inputs = {k: [ex[k] for ex in encoded_inputs] for k in encoded_inputs[0].keys()}
+        batch = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in encoded_inputs.items()}
+        batch = {k: [x.tolist() if hasattr(x, "tolist") else x for x in v] if isinstance(v, list) else v for k, v in batch.items()}
+        if "input_ids" not in batch:
+            raise ValueError(f"pad() needs 'input_ids', got keys {list(batch)}")
+        single = bool(batch["input_ids"]) and not isinstance(batch["input_ids"][0], list)
+        if single:
+            batch = {k: [v] for k, v in batch.items()}
+        padding_strategy, _, max_length = self._get_padding_truncation_strategies(padding, None, max_length, pad_to_multiple_of)
+        if return_attention_mask is None:
+            return_attention_mask = "attention_mask" in self.model_input_names
+        batch = self._pad_batch(batch, padding_strategy, max_length, pad_to_multiple_of, padding_side or self.padding_side, return_attention_mask)
+        if single:
+            batch = {k: v[0] for k, v in batch.items()}
+        return BatchEncoding(batch).convert_to_tensors(return_tensors, prepend_batch_axis=single)
+
+    def _pad_batch(self, batch, padding_strategy, max_length, pad_to_multiple_of, padding_side, return_attention_mask):
+        """Pad every row of ``batch`` (a dict of lists of lists) in place; returns ``batch``."""
+        ids = batch["input_ids"]
+        if return_attention_mask and "attention_mask" not in batch:
+            batch["attention_mask"] = [[1] * len(x) for x in ids]
+        if padding_strategy == "do_not_pad" or not ids:
+            return batch
+        target = max(len(x) for x in ids) if padding_strategy == "longest" else max_length
+        pad_values = {
+            "input_ids": self.pad_token_id,
+            "token_type_ids": self.pad_token_type_id,
+            "attention_mask": 0,
+            "special_tokens_mask": 1,
+        }
+        for i in range(len(ids)):
+            length = target
+            if length is not None and pad_to_multiple_of is not None and length % pad_to_multiple_of != 0:
+                length = (length // pad_to_multiple_of + 1) * pad_to_multiple_of
+            diff = length - len(ids[i])
+            if diff <= 0:
+                continue
+            for key, value in pad_values.items():
+                if key in batch:
+                    row = batch[key][i]
+                    batch[key][i] = row + [value] * diff if padding_side == "right" else [value] * diff + row
+        return batch
+
+    def decode(
+        self,
+        token_ids,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+    ) -> str | list[str]:
+        """Turn ids back into text: WordPiece pieces are glued (``"un ##aff ##able"`` -> ``"unaffable"``).
+
+        Args:
+            token_ids: a list of ids (or a 1-D tensor); a list of lists (or 2-D tensor) decodes a batch.
+            skip_special_tokens: drop [CLS], [SEP], [PAD], ...
+            clean_up_tokenization_spaces: remove spaces before punctuation and in English contractions
+                (defaults to the tokenizer's ``clean_up_tokenization_spaces``).
+        """
+        if hasattr(token_ids, "tolist"):
+            token_ids = token_ids.tolist()
+        if isinstance(token_ids, (list, tuple)) and token_ids and isinstance(token_ids[0], (list, tuple)):
+            return [self.decode(x, skip_special_tokens, clean_up_tokenization_spaces) for x in token_ids]
+        if isinstance(token_ids, int):
+            token_ids = [token_ids]
+        return self._decode(list(token_ids), skip_special_tokens, clean_up_tokenization_spaces)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None) -> list[str]:
+        """Decode a batch of id sequences (see :meth:`decode`)."""
+        if hasattr(sequences, "tolist"):
+            sequences = sequences.tolist()
+        return [self.decode(seq, skip_special_tokens, clean_up_tokenization_spaces) for seq in sequences]
+
+    def _decode(self, token_ids: list[int], skip_special_tokens: bool, clean_up_tokenization_spaces: bool | None) -> str:
+        tokens = [t for t in self.convert_ids_to_tokens(token_ids, skip_special_tokens=skip_special_tokens) if t is not None]
+        text = self.convert_tokens_to_string(tokens)
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
+
+    @staticmethod
+    def clean_up_tokenization(text: str) -> str:
+        """Remove the spaces a tokenizer puts before punctuation and inside English contractions."""
+        for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                     (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+            text = text.replace(a, b)
+        return text
+
+    # ------------------------------------------------------------------ serialisation
+    def _config_dict(self) -> dict[str, Any]:
+        """Options written to ``tokenizer_config.json`` (subclasses add theirs)."""
+        cfg = dict(self._extra_config)
+        cfg.update(
+            {
+                "tokenizer_class": type(self).__name__,
+                "model_max_length": self.model_max_length,
+                "padding_side": self.padding_side,
+                "truncation_side": self.truncation_side,
+                "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+            }
+        )
+        cfg.update(self.special_tokens_map)
+        return cfg
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:  # pragma: no cover
+        raise NotImplementedError
+
+    def save_pretrained(self, save_directory: str | os.PathLike, filename_prefix: str | None = None) -> tuple[str, ...]:
+        """Write the tokenizer in the Hugging Face layout: ``vocab.txt``, ``tokenizer_config.json``,
+        ``special_tokens_map.json`` (and ``tokenizer.json`` for the fast tokenizer).
+
+        Returns:
+            The paths of the written files.
+        """
+        save_directory = os.fspath(save_directory)
+        if os.path.isfile(save_directory):
+            raise ValueError(f"Provided path ({save_directory}) should be a directory, not a file")
+        os.makedirs(save_directory, exist_ok=True)
+        prefix = (filename_prefix + "-") if filename_prefix else ""
+        config_path = os.path.join(save_directory, prefix + TOKENIZER_CONFIG_FILE)
+        map_path = os.path.join(save_directory, prefix + SPECIAL_TOKENS_MAP_FILE)
+        with open(config_path, "w", encoding="utf-8") as f:
+            json.dump(self._config_dict(), f, indent=2, sort_keys=True, ensure_ascii=False)
+            f.write("\n")
+        with open(map_path, "w", encoding="utf-8") as f:
+            json.dump(self.special_tokens_map, f, indent=2, sort_keys=True, ensure_ascii=False)
+            f.write("\n")
+        files = (config_path, map_path) + tuple(self.save_vocabulary(save_directory, filename_prefix=filename_prefix))
+        return files + tuple(self._save_extra_files(save_directory, prefix))
+
+    def _save_extra_files(self, save_directory: str, prefix: str) -> tuple[str, ...]:
+        return ()
+
+    @classmethod
+    def _files_in(cls, directory: str) -> dict[str, str | None]:
+        names = dict(cls.vocab_files_names)
+        return {key: (os.path.join(directory, name) if os.path.isfile(os.path.join(directory, name)) else None)
+                for key, name in names.items()}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """Load a tokenizer saved with ``save_pretrained`` (or any local Hugging Face BERT/ConvBERT tokenizer
+        directory: ``vocab.txt`` and/or ``tokenizer.json``, plus optional ``tokenizer_config.json`` and
+        ``special_tokens_map.json``). Keyword arguments override the saved configuration.
+
+        Only local directories are supported (no hub download).
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isfile(path):
+            # A bare vocabulary file.
+            return cls(vocab_file=path, **kwargs)
+        if not os.path.isdir(path):
+            raise OSError(
+                f"Can't load tokenizer from {path!r}: it is not a local directory. Only local directories written by "
+                "`save_pretrained` (or a Hugging Face tokenizer directory) can be loaded; hub downloads are not supported."
+            )
+        init: dict[str, Any] = {}
+        cfg_file = os.path.join(path, TOKENIZER_CONFIG_FILE)
+        if os.path.isfile(cfg_file):
+            with open(cfg_file, encoding="utf-8") as f:
+                init.update(json.load(f))
+        map_file = os.path.join(path, SPECIAL_TOKENS_MAP_FILE)
+        if os.path.isfile(map_file):
+            with open(map_file, encoding="utf-8") as f:
+                for name, value in json.load(f).items():
+                    if name in SPECIAL_TOKEN_NAMES:
+                        init[name] = value["content"] if isinstance(value, dict) else value
+        for name in SPECIAL_TOKEN_NAMES:  # transformers may store AddedToken dicts
+            if isinstance(init.get(name), dict):
+                init[name] = init[name]["content"]
+        if init.get("model_max_length") is not None and init["model_max_length"] > LARGE_INTEGER:
+            init["model_max_length"] = None
+        files = cls._files_in(path)
+        if not any(files.values()):
+            raise OSError(
+                f"Can't load tokenizer from {path!r}: none of {sorted(cls.vocab_files_names.values())} is in the directory."
+            )
+        init.update({k: v for k, v in files.items() if v is not None})
+        init.update(kwargs)
+        init.setdefault("name_or_path", path)
+        return cls(**init)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name_or_path={self.name_or_path!r}, vocab_size={self.vocab_size}, "
+            f"model_max_length={self.model_max_length}, special_tokens={self.special_tokens_map})"
+        )
+
+
+_IGNORED_CONFIG_KEYS = {
+    "tokenizer_class",
+    "added_tokens_decoder",
+    "auto_map",
+    "name_or_path",
+    "vocab_file",
+    "tokenizer_file",
+    "special_tokens_map_file",
+    "backend",
+}
+
+
+def _is_json_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
