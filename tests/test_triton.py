@@ -1,0 +1,325 @@
+"""The Triton backend against the float64 oracle, on CPU through the Triton interpreter and on GPU.
+
+CPU tests need ``TRITON_INTERPRET=1`` in the environment before Triton is imported
+(scripts/test.sh sets it on machines without a GPU); without it they skip, saying so. Shapes are
+small because the interpreter costs about a millisecond per program instance.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import convbert_kernels as ck
+from oracle import (
+    AWKWARD_SHAPES,
+    TOLERANCE,
+    assert_close_to,
+    check_dynamic_backend,
+    check_span_backend,
+    make_span_inputs,
+    run_span,
+)
+
+pytest.importorskip("triton", reason="the Triton backend needs the triton package")
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_CUDA = torch.cuda.is_available()
+
+interpreter = pytest.mark.skipif(
+    not INTERPRET,
+    reason="Triton kernels run on CPU only under the interpreter: set TRITON_INTERPRET=1 before "
+    "triton is imported (scripts/test.sh does so on machines without a GPU)",
+)
+
+# More awkward cases on top of the shared ones: (B, L, A, C, n, K).
+EXTRA_SHAPES = [
+    (2, 4, 16, 24, 2, 15),  # L < K, d = 12
+    (1, 1, 8, 5, 1, 31),  # L = 1, K = 31, d = 5
+    (2, 6, 20, 9, 3, 1),  # K = 1, d = 3, A != C
+    (1, 9, 5, 48, 1, 11),  # d = 48 (ConvBERT medium-small), A = 5 < 16
+]
+
+
+def _kernels():
+    from convbert_kernels import triton_kernels
+
+    return triton_kernels
+
+
+def _span_fn(inputs, backend="triton"):
+    def fn(q, kc, v, w, b):
+        return ck.span_dynamic_conv(q, kc, v, w, b, inputs.num_heads, padding_mask=inputs.padding_mask, backend=backend)
+
+    return fn
+
+
+# ---- availability ---------------------------------------------------------------------------
+
+
+@interpreter
+def test_listed_for_cpu_under_interpreter():
+    assert "triton" in ck.available_backends("cpu"), ck.backend_load_error("triton")
+
+
+def test_not_listed_for_cpu_without_interpreter():
+    if INTERPRET:
+        pytest.skip("TRITON_INTERPRET=1: CPU is served by the interpreter")
+    assert "triton" not in ck.available_backends("cpu")
+
+
+# ---- float64 oracle, fp32 and fp16 ----------------------------------------------------------
+
+
+@interpreter
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES + EXTRA_SHAPES)
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_span_fp32(shape, with_mask):
+    check_span_backend("triton", make_span_inputs(*shape, with_mask=with_mask, seed=sum(shape)), torch.float32)
+
+
+@interpreter
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES + EXTRA_SHAPES[:2])
+def test_span_fp16(shape):
+    check_span_backend("triton", make_span_inputs(*shape, with_mask=True, seed=7), torch.float16)
+
+
+@interpreter
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES + EXTRA_SHAPES)
+def test_dynamic_conv_fp32(shape):
+    check_dynamic_backend("triton", shape, torch.float32, with_mask=True)
+
+
+@interpreter
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES[:3])
+def test_dynamic_conv_fp16(shape):
+    check_dynamic_backend("triton", shape, torch.float16, with_mask=False)
+
+
+@interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_no_bias_and_non_contiguous(dtype):
+    inputs = make_span_inputs(2, 9, 10, 12, 3, 5, with_bias=False, with_mask=True, non_contiguous=True)
+    # a transposed weight and a strided mask as well
+    inputs.weight = inputs.weight.detach().t().contiguous().t().requires_grad_(True)
+    inputs.padding_mask = torch.cat([inputs.padding_mask, inputs.padding_mask], dim=1)[:, ::2]
+    assert not inputs.values.is_contiguous() and not inputs.query.is_contiguous()
+    assert not inputs.weight.is_contiguous() and not inputs.padding_mask.is_contiguous()
+    check_span_backend("triton", inputs, dtype)
+
+
+@interpreter
+def test_non_contiguous_grad_out_and_logits():
+    inputs = make_span_inputs(2, 7, 10, 12, 3, 5, with_mask=True)
+    g = torch.randn(2, 12, 7).transpose(1, 2)  # non-contiguous upstream gradient
+    out_a, grads_a = run_span(inputs, "triton", grad_out=g)
+    out_b, grads_b = run_span(inputs, "triton", grad_out=g.contiguous())
+    assert torch.equal(out_a, out_b)
+    for a, b in zip(grads_a, grads_b):
+        assert torch.equal(a, b)
+    # dynamic_conv with transposed values and logits
+    values = torch.randn(2, 12, 7).transpose(1, 2).requires_grad_(True)
+    logits = torch.randn(2, 15, 7).transpose(1, 2).requires_grad_(True)
+    out = ck.dynamic_conv(values, logits, 3, backend="triton")
+    ref = ck.dynamic_conv(values.detach().double(), logits.detach().double(), 3, backend="reference")
+    assert_close_to(out, ref, torch.float32, "dynamic_conv non-contiguous forward")
+    dv, dl = torch.autograd.grad(out, [values, logits], g)
+    v64 = values.detach().double().requires_grad_(True)
+    l64 = logits.detach().double().requires_grad_(True)
+    rdv, rdl = torch.autograd.grad(ck.dynamic_conv(v64, l64, 3, backend="reference"), [v64, l64], g.double())
+    assert_close_to(dv, rdv, torch.float32, "d_values")
+    assert_close_to(dl, rdl, torch.float32, "d_logits")
+
+
+@interpreter
+def test_many_tiles_and_a_chunks(monkeypatch):
+    """Force 16-token tiles and 16-wide A blocks so halos cross tiles and the A-loop iterates."""
+    k = _kernels()
+    monkeypatch.setattr(k, "_token_tile", lambda length, channels: (16, 4))
+    monkeypatch.setattr(k, "_proj_block_a", lambda a_dim, nkp: 16)
+    monkeypatch.setattr(k, "_num_programs_hint", lambda device: 6)  # several runs of tiles
+    for shape in [(2, 37, 40, 12, 2, 9), (1, 33, 17, 10, 2, 31)]:
+        check_span_backend("triton", make_span_inputs(*shape, with_mask=True, seed=3), torch.float32)
+        check_dynamic_backend("triton", shape, torch.float32, with_mask=True)
+
+
+@interpreter
+def test_int64_offsets_path(monkeypatch):
+    """The INT64 specialisation (taken when a tensor spans >= 2^31 elements) computes the same."""
+    k = _kernels()
+    inputs = make_span_inputs(2, 7, 10, 12, 3, 5, with_mask=True)
+    out32, grads32 = run_span(inputs, "triton")
+    monkeypatch.setattr(k, "_needs_int64", lambda *tensors: True)
+    out64, grads64 = run_span(inputs, "triton")
+    assert torch.equal(out32, out64)
+    for a, b in zip(grads32, grads64):
+        assert torch.equal(a, b)
+
+
+def test_needs_int64_threshold():
+    from convbert_kernels import triton_kernels as k
+
+    small = torch.empty((2, 3, 4), device="meta")
+    assert not k._needs_int64(small, None)
+    big = torch.empty((1, 2**21, 1024), device="meta")  # exactly 2^31 elements
+    assert k._needs_int64(big)
+    # a view whose reach, not its element count, crosses 2^31
+    strided = torch.empty_strided((2, 4, 8), (2**31, 1, 4), device="meta")
+    assert k._needs_int64(strided)
+    assert not k._needs_int64(torch.empty((1, 2**20, 2047), device="meta"))
+
+
+@interpreter
+def test_gradcheck_float64():
+    inputs = make_span_inputs(1, 5, 4, 6, 2, 3, dtype=torch.float64, with_mask=True)
+    assert torch.autograd.gradcheck(_span_fn(inputs), tuple(inputs.tensors()))
+    values = inputs.values
+    logits = torch.randn(1, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, lg: ck.dynamic_conv(v, lg, 2, backend="triton"), (values, logits))
+
+
+# ---- determinism ------------------------------------------------------------------------------
+
+
+def _assert_bitwise_deterministic(device, dtype, shape):
+    inputs = make_span_inputs(*shape, dtype=dtype, device=device, with_mask=True, seed=11)
+    out1, grads1 = run_span(inputs, "triton")
+    out2, grads2 = run_span(inputs, "triton")
+    assert torch.equal(out1, out2)
+    for a, b in zip(grads1, grads2):
+        assert torch.equal(a, b), "gradients differ bitwise between two runs"
+
+
+@interpreter
+def test_gradients_bitwise_deterministic(monkeypatch):
+    # several runs of tiles, so d_weight / d_bias really go through the partial-sum reduction
+    monkeypatch.setattr(_kernels(), "_num_programs_hint", lambda device: 3)
+    _assert_bitwise_deterministic("cpu", torch.float32, (3, 23, 12, 12, 3, 5))
+
+
+# ---- torch.library: opcheck and torch.compile -------------------------------------------------
+
+
+@interpreter
+def test_opcheck():
+    from convbert_kernels import triton_backend as tb
+
+    inputs = make_span_inputs(2, 5, 6, 6, 2, 3, with_mask=True)
+    span_args = (inputs.query, inputs.key_conv, inputs.values, inputs.weight, inputs.bias, 2, inputs.padding_mask)
+    torch.library.opcheck(tb.triton_span_fwd, span_args)
+    torch.library.opcheck(tb.triton_span_fwd, span_args[:4] + (None, 2, None))
+    _out, probs = tb.triton_span_fwd(*span_args)
+    g = torch.randn(2, 5, 6)
+    plain = [t.detach() for t in span_args[:4]]
+    torch.library.opcheck(tb.triton_span_bwd, (g, *plain, probs, 2, inputs.padding_mask))
+
+    logits = torch.randn(2, 5, 6, requires_grad=True)
+    torch.library.opcheck(tb.triton_dynamic_fwd, (inputs.values, logits, 2, inputs.padding_mask))
+    _out, probs = tb.triton_dynamic_fwd(inputs.values, logits, 2, None)
+    torch.library.opcheck(tb.triton_dynamic_bwd, (g, inputs.values.detach(), probs, 2, None))
+
+
+@interpreter
+def test_torch_compile_fullgraph_no_graph_breaks():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    inputs = make_span_inputs(2, 7, 10, 12, 3, 5, with_mask=True)
+
+    def layer(q, kc, v, w, b, mask):
+        out = ck.span_dynamic_conv(q, kc, v, w, b, 3, padding_mask=mask, backend="triton")
+        return (out * out).sum()
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    args = (*inputs.tensors(), inputs.padding_mask)
+    loss = compiled(*args)
+    grads = torch.autograd.grad(loss, inputs.tensors())
+    ref_loss = layer(*args)
+    ref_grads = torch.autograd.grad(ref_loss, inputs.tensors())
+    torch.testing.assert_close(loss, ref_loss)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+    explanation = torch._dynamo.explain(layer)(*args)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+# ---- GPU ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES + EXTRA_SHAPES + [(2, 300, 384, 384, 6, 9), (1, 129, 96, 768, 3, 31)])
+def test_gpu_span_matches_oracle(dtype, shape):
+    for with_mask in (False, True):
+        check_span_backend("triton", make_span_inputs(*shape, with_mask=with_mask, seed=5), dtype, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpu_dynamic_conv_and_non_contiguous(dtype):
+    for shape in AWKWARD_SHAPES + [(2, 300, 384, 384, 6, 9)]:
+        check_dynamic_backend("triton", shape, dtype, device="cuda", with_mask=True)
+    inputs = make_span_inputs(2, 70, 40, 48, 1, 9, with_bias=False, with_mask=True, non_contiguous=True)
+    check_span_backend("triton", inputs, dtype, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_gradients_bitwise_deterministic(dtype):
+    _assert_bitwise_deterministic("cuda", dtype, (4, 257, 384, 384, 6, 9))
+
+
+@pytest.mark.gpu
+def test_gpu_torch_compile_inductor():
+    inputs = make_span_inputs(2, 64, 48, 48, 4, 9, device="cuda")
+
+    def layer(q, kc, v, w, b):
+        return ck.span_dynamic_conv(q, kc, v, w, b, 4, backend="triton").float().square().sum()
+
+    compiled = torch.compile(layer, fullgraph=True)
+    loss = compiled(*inputs.tensors())
+    grads = torch.autograd.grad(loss, inputs.tensors())
+    ref_grads = torch.autograd.grad(layer(*inputs.tensors()), inputs.tensors())
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.gpu
+def test_gpu_64bit_offsets():
+    """B*L*C > 2^31: compare the last tokens (forward and gradients) with eager on a slice."""
+    free, _total = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip("needs about 24 GiB of free GPU memory")
+    num_heads, kernel_size, a_dim, channels = 8, 9, 16, 2048
+    length = 2**31 // channels + 64  # one sequence: B * L * C = 2^31 + 64 * C
+    half = (kernel_size - 1) // 2
+    dtype, dev = torch.float16, "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    query = torch.randn(1, length, a_dim, device=dev, dtype=dtype, generator=g)
+    key_conv = torch.randn(1, length, a_dim, device=dev, dtype=dtype, generator=g)
+    values = torch.empty(1, length, channels, device=dev, dtype=dtype).normal_(generator=g)
+    weight = torch.randn(num_heads * kernel_size, a_dim, device=dev, dtype=dtype, generator=g) * a_dim**-0.5
+    bias = torch.randn(num_heads * kernel_size, device=dev, dtype=dtype, generator=g)
+    leaves = [t.requires_grad_(True) for t in (query, key_conv, values, weight, bias)]
+    out = ck.span_dynamic_conv(*leaves, num_heads, backend="triton")
+    tail = 256
+    grad_out = torch.zeros_like(out)
+    grad_out[:, -(tail - 2 * half):] = torch.randn(1, tail - 2 * half, channels, device=dev, dtype=dtype, generator=g)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    del out
+
+    # the same computation on the last `tail` tokens only; the first `half` of them see a
+    # different left context, so only later rows are compared, and grad_out is 0 on the first 2*half
+    sl = [t.detach()[:, -tail:].clone().requires_grad_(True) for t in (query, key_conv, values)]
+    wb = [weight.detach().clone().requires_grad_(True), bias.detach().clone().requires_grad_(True)]
+    ref = ck.span_dynamic_conv(*sl, *wb, num_heads, backend="eager")
+    ref_grads = torch.autograd.grad(ref, sl + wb, grad_out[:, -tail:])
+    full_out = ck.span_dynamic_conv(*[t.detach() for t in leaves], num_heads, backend="triton")
+    torch.testing.assert_close(full_out[:, -(tail - half):], ref[:, half:].detach(), atol=1e-2, rtol=1e-2)
+    for got, want in zip(grads[:3], ref_grads[:3]):
+        torch.testing.assert_close(got[:, -(tail - half):], want[:, half:], atol=2e-2, rtol=2e-2)
+    for got, want in zip(grads[3:], ref_grads[3:]):
+        torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+    assert TOLERANCE[dtype] == 1e-2
