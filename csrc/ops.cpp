@@ -1,0 +1,261 @@
+// Operator schemas (TORCH_LIBRARY) and their CPU / CUDA implementations (TORCH_LIBRARY_IMPL).
+//
+// Four ops in the namespace convbert_kernels:
+//   dynamic_conv_fwd(values, logits, num_heads, padding_mask?)               -> (out, probs)
+//   dynamic_conv_bwd(grad_out, grad_probs?, values, probs, num_heads, mask?) -> (d_values, d_logits)
+//   span_dynamic_conv_fwd(query, key_conv, values, weight, bias?, num_heads, mask?) -> (out, probs)
+//   span_dynamic_conv_bwd(grad_out, grad_probs?, query, key_conv, values, weight, probs, num_heads, mask?)
+//       -> (d_query, d_key_conv, d_values, d_weight, d_bias)
+// probs ([B, L, n*K], float32, or float64 for float64 inputs) is the softmaxed kernel, returned so
+// that autograd (registered in Python, convbert_kernels/native.py) can save it for the backward.
+// Autograd and fake (meta) implementations are registered in Python.
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "span_dynamic_conv.h"
+
+namespace convbert_kernels {
+namespace {
+
+using at::Tensor;
+
+struct DeviceKernels {
+  void (*forward)(const Tensor&, const Tensor&, const Tensor&, int64_t, Tensor&, Tensor&);
+  void (*backward)(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, Tensor&,
+                   Tensor&);
+  std::tuple<Tensor, Tensor> (*weight_grad)(const Tensor&, const Tensor&, const Tensor&);
+};
+
+constexpr DeviceKernels kCpuKernels{window_forward_cpu, window_backward_cpu, weight_grad_cpu};
+#ifdef CONVBERT_WITH_CUDA
+constexpr DeviceKernels kCudaKernels{window_forward_cuda, window_backward_cuda, weight_grad_cuda};
+#endif
+
+void check_float(const Tensor& t, const char* name) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating tensor, got ", t.scalar_type());
+}
+
+void check_like(const Tensor& t, const Tensor& ref, const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but values is on ", ref.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(), " but values has ",
+              ref.scalar_type());
+}
+
+// Returns K; checks values [B, L, C] against R = n * K columns.
+int64_t check_heads(const Tensor& values, int64_t num_heads, int64_t R) {
+  TORCH_CHECK(values.dim() == 3, "values must be [B, L, C], got ", values.sizes());
+  TORCH_CHECK(num_heads >= 1, "num_heads must be positive, got ", num_heads);
+  TORCH_CHECK(values.size(2) % num_heads == 0, "C=", values.size(2), " is not divisible by num_heads=", num_heads);
+  TORCH_CHECK(R % num_heads == 0, "the kernel dimension ", R, " is not num_heads * K");
+  const int64_t K = R / num_heads;
+  TORCH_CHECK(K >= 1 && K % 2 == 1, "K must be odd and >= 1, got ", K);
+  return K;
+}
+
+Tensor prepare_mask(const std::optional<Tensor>& padding_mask, const Tensor& values) {
+  if (!padding_mask.has_value() || !padding_mask->defined()) return Tensor();
+  const Tensor& m = *padding_mask;
+  TORCH_CHECK(m.dim() == 2 && m.size(0) == values.size(0) && m.size(1) == values.size(1),
+              "padding_mask must be [B, L] = [", values.size(0), ", ", values.size(1), "], got ", m.sizes());
+  TORCH_CHECK(m.device() == values.device(), "padding_mask is on ", m.device(), " but values is on ",
+              values.device());
+  return (m.scalar_type() == at::kBool ? m : m.ne(0)).contiguous();
+}
+
+Tensor prepare_grad_probs(const std::optional<Tensor>& grad_probs, const Tensor& probs) {
+  if (!grad_probs.has_value() || !grad_probs->defined()) return Tensor();
+  TORCH_CHECK(grad_probs->sizes() == probs.sizes(), "grad_probs must have the shape of probs");
+  return grad_probs->to(probs.scalar_type()).contiguous();
+}
+
+void check_probs(const Tensor& probs, const Tensor& values, int64_t R) {
+  TORCH_CHECK(probs.dim() == 3 && probs.size(0) == values.size(0) && probs.size(1) == values.size(1) &&
+                  probs.size(2) == R,
+              "probs must be [B, L, n*K]");
+  TORCH_CHECK(probs.scalar_type() == acc_dtype_for(values.scalar_type()), "probs must be ",
+              acc_dtype_for(values.scalar_type()), ", got ", probs.scalar_type());
+  TORCH_CHECK(probs.device() == values.device(), "probs must be on the device of values");
+}
+
+std::tuple<Tensor, Tensor> dynamic_conv_fwd(const DeviceKernels& k, const Tensor& values, const Tensor& logits,
+                                            int64_t num_heads, const std::optional<Tensor>& padding_mask) {
+  check_float(values, "values");
+  TORCH_CHECK(logits.dim() == 3 && logits.size(0) == values.size(0) && logits.size(1) == values.size(1),
+              "logits must be [B, L, n*K] with the values' B and L");
+  check_like(logits, values, "logits");
+  check_heads(values, num_heads, logits.size(2));
+  const Tensor v = values.contiguous();
+  const Tensor lg = logits.contiguous();
+  const Tensor mask = prepare_mask(padding_mask, values);
+  Tensor out = at::empty_like(v);
+  Tensor probs = at::empty(lg.sizes(), v.options().dtype(acc_dtype_for(v.scalar_type())));
+  k.forward(v, lg, mask, num_heads, out, probs);
+  return {out, probs};
+}
+
+std::tuple<Tensor, Tensor> dynamic_conv_bwd(const DeviceKernels& k, const Tensor& grad_out,
+                                            const std::optional<Tensor>& grad_probs, const Tensor& values,
+                                            const Tensor& probs, int64_t num_heads,
+                                            const std::optional<Tensor>& padding_mask) {
+  check_float(values, "values");
+  check_heads(values, num_heads, probs.size(-1));
+  check_probs(probs, values, probs.size(-1));
+  TORCH_CHECK(grad_out.sizes() == values.sizes(), "grad_out must have the shape of values");
+  const Tensor v = values.contiguous();
+  const Tensor g = grad_out.to(v.scalar_type()).contiguous();
+  const Tensor p = probs.contiguous();
+  const Tensor gp = prepare_grad_probs(grad_probs, p);
+  const Tensor mask = prepare_mask(padding_mask, values);
+  Tensor d_values = at::empty_like(v);
+  Tensor d_logits = at::empty(p.sizes(), v.options());
+  k.backward(g, gp, v, p, mask, num_heads, d_values, d_logits);
+  return {d_values, d_logits};
+}
+
+void check_span(const Tensor& query, const Tensor& key_conv, const Tensor& values, const Tensor& weight,
+                const std::optional<Tensor>& bias, int64_t num_heads) {
+  check_float(values, "values");
+  TORCH_CHECK(query.dim() == 3 && query.sizes() == key_conv.sizes(), "query and key_conv must be [B, L, A]");
+  TORCH_CHECK(query.size(0) == values.size(0) && query.size(1) == values.size(1),
+              "query and values must share [B, L]");
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == query.size(2), "weight must be [n*K, A]");
+  check_like(query, values, "query");
+  check_like(key_conv, values, "key_conv");
+  check_like(weight, values, "weight");
+  check_heads(values, num_heads, weight.size(0));
+  if (bias.has_value() && bias->defined()) {
+    check_like(*bias, values, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must be [n*K]");
+  }
+}
+
+std::tuple<Tensor, Tensor> span_dynamic_conv_fwd(const DeviceKernels& k, const Tensor& query,
+                                                 const Tensor& key_conv, const Tensor& values, const Tensor& weight,
+                                                 const std::optional<Tensor>& bias, int64_t num_heads,
+                                                 const std::optional<Tensor>& padding_mask) {
+  check_span(query, key_conv, values, weight, bias, num_heads);
+  const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
+  const auto acc = acc_dtype_for(values.scalar_type());
+  const Tensor v = values.contiguous();
+  const Tensor mask = prepare_mask(padding_mask, values);
+  // The A -> n*K projection, in the accumulation dtype (a GEMM; the rest is the window kernel).
+  const Tensor ca = (query.to(acc) * key_conv.to(acc)).reshape({B * L, A});
+  const Tensor w = weight.to(acc);
+  Tensor logits = (bias.has_value() && bias->defined()) ? at::addmm(bias->to(acc), ca, w.t()) : at::mm(ca, w.t());
+  logits = logits.view({B, L, R});
+  Tensor out = at::empty_like(v);
+  Tensor probs = at::empty({B, L, R}, v.options().dtype(acc));
+  k.forward(v, logits, mask, num_heads, out, probs);
+  return {out, probs};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_dynamic_conv_bwd(
+    const DeviceKernels& k, const Tensor& grad_out, const std::optional<Tensor>& grad_probs, const Tensor& query,
+    const Tensor& key_conv, const Tensor& values, const Tensor& weight, const Tensor& probs, int64_t num_heads,
+    const std::optional<Tensor>& padding_mask) {
+  check_span(query, key_conv, values, weight, std::nullopt, num_heads);
+  const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
+  check_probs(probs, values, R);
+  TORCH_CHECK(grad_out.sizes() == values.sizes(), "grad_out must have the shape of values");
+  const auto dtype = values.scalar_type();
+  const auto acc = acc_dtype_for(dtype);
+  const Tensor v = values.contiguous();
+  const Tensor g = grad_out.to(dtype).contiguous();
+  const Tensor p = probs.contiguous();
+  const Tensor gp = prepare_grad_probs(grad_probs, p);
+  const Tensor mask = prepare_mask(padding_mask, values);
+  Tensor d_values = at::empty_like(v);
+  Tensor d_logits = at::empty({B, L, R}, v.options().dtype(acc));
+  k.backward(g, gp, v, p, mask, num_heads, d_values, d_logits);
+
+  const Tensor dl = d_logits.view({B * L, R});
+  const Tensor q = query.contiguous().view({B * L, A});
+  const Tensor kc = key_conv.contiguous().view({B * L, A});
+  const Tensor d_ca = at::mm(dl, weight.to(acc));  // [N, A]
+  Tensor d_query = (d_ca * kc.to(acc)).to(dtype).view({B, L, A});
+  Tensor d_key_conv = (d_ca * q.to(acc)).to(dtype).view({B, L, A});
+  auto [d_weight, d_bias] = k.weight_grad(dl, q, kc);
+  return {d_query, d_key_conv, d_values, d_weight.to(dtype), d_bias.to(dtype)};
+}
+
+// Device-bound entry points for the dispatcher.
+template <const DeviceKernels* K>
+std::tuple<Tensor, Tensor> dynamic_conv_fwd_impl(const Tensor& values, const Tensor& logits, int64_t num_heads,
+                                                 const std::optional<Tensor>& padding_mask) {
+  return dynamic_conv_fwd(*K, values, logits, num_heads, padding_mask);
+}
+
+template <const DeviceKernels* K>
+std::tuple<Tensor, Tensor> dynamic_conv_bwd_impl(const Tensor& grad_out, const std::optional<Tensor>& grad_probs,
+                                                 const Tensor& values, const Tensor& probs, int64_t num_heads,
+                                                 const std::optional<Tensor>& padding_mask) {
+  return dynamic_conv_bwd(*K, grad_out, grad_probs, values, probs, num_heads, padding_mask);
+}
+
+template <const DeviceKernels* K>
+std::tuple<Tensor, Tensor> span_dynamic_conv_fwd_impl(const Tensor& query, const Tensor& key_conv,
+                                                      const Tensor& values, const Tensor& weight,
+                                                      const std::optional<Tensor>& bias, int64_t num_heads,
+                                                      const std::optional<Tensor>& padding_mask) {
+  return span_dynamic_conv_fwd(*K, query, key_conv, values, weight, bias, num_heads, padding_mask);
+}
+
+template <const DeviceKernels* K>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_dynamic_conv_bwd_impl(
+    const Tensor& grad_out, const std::optional<Tensor>& grad_probs, const Tensor& query, const Tensor& key_conv,
+    const Tensor& values, const Tensor& weight, const Tensor& probs, int64_t num_heads,
+    const std::optional<Tensor>& padding_mask) {
+  return span_dynamic_conv_bwd(*K, grad_out, grad_probs, query, key_conv, values, weight, probs, num_heads,
+                               padding_mask);
+}
+
+}  // namespace
+}  // namespace convbert_kernels
+
+using convbert_kernels::dynamic_conv_bwd_impl;
+using convbert_kernels::dynamic_conv_fwd_impl;
+using convbert_kernels::span_dynamic_conv_bwd_impl;
+using convbert_kernels::span_dynamic_conv_fwd_impl;
+
+TORCH_LIBRARY(convbert_kernels, m) {
+  m.def("dynamic_conv_fwd(Tensor values, Tensor logits, int num_heads, Tensor? padding_mask) -> (Tensor, Tensor)");
+  m.def(
+      "dynamic_conv_bwd(Tensor grad_out, Tensor? grad_probs, Tensor values, Tensor probs, int num_heads, "
+      "Tensor? padding_mask) -> (Tensor, Tensor)");
+  m.def(
+      "span_dynamic_conv_fwd(Tensor query, Tensor key_conv, Tensor values, Tensor weight, Tensor? bias, "
+      "int num_heads, Tensor? padding_mask) -> (Tensor, Tensor)");
+  m.def(
+      "span_dynamic_conv_bwd(Tensor grad_out, Tensor? grad_probs, Tensor query, Tensor key_conv, Tensor values, "
+      "Tensor weight, Tensor probs, int num_heads, Tensor? padding_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(convbert_kernels, CPU, m) {
+  m.impl("dynamic_conv_fwd", &dynamic_conv_fwd_impl<&convbert_kernels::kCpuKernels>);
+  m.impl("dynamic_conv_bwd", &dynamic_conv_bwd_impl<&convbert_kernels::kCpuKernels>);
+  m.impl("span_dynamic_conv_fwd", &span_dynamic_conv_fwd_impl<&convbert_kernels::kCpuKernels>);
+  m.impl("span_dynamic_conv_bwd", &span_dynamic_conv_bwd_impl<&convbert_kernels::kCpuKernels>);
+}
+
+#ifdef CONVBERT_WITH_CUDA
+TORCH_LIBRARY_IMPL(convbert_kernels, CUDA, m) {
+  m.impl("dynamic_conv_fwd", &dynamic_conv_fwd_impl<&convbert_kernels::kCudaKernels>);
+  m.impl("dynamic_conv_bwd", &dynamic_conv_bwd_impl<&convbert_kernels::kCudaKernels>);
+  m.impl("span_dynamic_conv_fwd", &span_dynamic_conv_fwd_impl<&convbert_kernels::kCudaKernels>);
+  m.impl("span_dynamic_conv_bwd", &span_dynamic_conv_bwd_impl<&convbert_kernels::kCudaKernels>);
+}
+#endif
+
+// `import convbert_kernels._C` loads the library (and with it the registrations above).
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "convbert_kernels native ops", -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
