@@ -1,7 +1,9 @@
 """Triton kernels for the span-based dynamic convolution, and the functions that launch them.
 
 Notation: B batch, L sequence, A = query width, C = n * d value width, n heads, K odd taps,
-P = (K - 1) // 2. Every kernel works on a tile of tokens and all heads at once.
+P = (K - 1) // 2. The forward and window-backward kernels work on a tile of tokens and a group
+of heads (all heads unless C is very wide: then a second grid axis splits them into groups of
+about 1K padded channels and the fused projection is computed per group).
 
 Layouts inside the kernels
 --------------------------
@@ -59,7 +61,7 @@ _INT32_MAX = 2**31 - 1
 @triton.jit
 def _fwd_kernel(
     q_ptr, kc_ptr, w_ptr, bias_ptr, logits_ptr, v_ptr, mask_ptr, out_ptr, probs_ptr,
-    L, A, C, H, D,
+    L, A, C, H, D, T_TILES,
     s_qb, s_ql, s_qa, s_kb, s_kl, s_ka, s_wr, s_wa,
     s_gb, s_gl, s_gc, s_vb, s_vl, s_vc, s_mb, s_ml,
     K: tl.constexpr, FUSED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
@@ -68,8 +70,10 @@ def _fwd_kernel(
 ):
     P: tl.constexpr = (K - 1) // 2
     NKP: tl.constexpr = N_PAD * K_PAD
-    pid_t = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)  # batch offsets may exceed int32 long before in-row ones do
+    # grid axis 0 runs over (batch, token tile) pairs: axis 1 is capped at 65535 by CUDA
+    pid_t = tl.program_id(0) % T_TILES
+    b = (tl.program_id(0) // T_TILES).to(tl.int64)  # batch offsets can exceed int32 long before in-row ones
+    h0 = tl.program_id(1) * N_PAD  # first head of this program's head group
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     if INT64:
         offs_t = offs_t.to(tl.int64)
@@ -77,7 +81,7 @@ def _fwd_kernel(
 
     # flattened (head, tap) columns of the logits, and the weight row each one reads
     jj = tl.arange(0, NKP)
-    hh = jj // K_PAD
+    hh = h0 + jj // K_PAD
     kk = jj % K_PAD
     col_ok = (hh < H) & (kk < K)
     wrow = hh * K + kk
@@ -106,7 +110,7 @@ def _fwd_kernel(
                          mask=t_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)
 
     # softmax over the taps of each head; padded taps/heads get probability exactly 0
-    h3 = tl.arange(0, N_PAD)[None, :, None]
+    h3 = h0 + tl.arange(0, N_PAD)[None, :, None]
     k3 = tl.arange(0, K_PAD)[None, None, :]
     valid3 = (h3 < H) & (k3 < K)
     x = tl.reshape(logits, (BLOCK_T, N_PAD, K_PAD))
@@ -144,22 +148,23 @@ def _fwd_kernel(
 @triton.jit
 def _bwd_window_kernel(
     g_ptr, v_ptr, probs_ptr, mask_ptr, dv_ptr, dl_ptr,
-    L, C, H, D,
+    L, C, H, D, T_TILES,
     s_gb, s_gl, s_gc, s_vb, s_vl, s_vc, s_mb, s_ml,
     K: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
     K_PAD: tl.constexpr, D_PAD: tl.constexpr, INT64: tl.constexpr, ACC: tl.constexpr,
 ):
     P: tl.constexpr = (K - 1) // 2
-    pid_t = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    pid_t = tl.program_id(0) % T_TILES
+    b = (tl.program_id(0) // T_TILES).to(tl.int64)
+    h0 = tl.program_id(1) * N_PAD  # first head of this program's head group
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     if INT64:
         offs_t = offs_t.to(tl.int64)
     t_ok = offs_t < L
     row = b * L + offs_t
 
-    h2 = tl.arange(0, N_PAD)[None, :]
-    h3 = tl.arange(0, N_PAD)[None, :, None]
+    h2 = h0 + tl.arange(0, N_PAD)[None, :]
+    h3 = h0 + tl.arange(0, N_PAD)[None, :, None]
     k3 = tl.arange(0, K_PAD)[None, None, :]
     j3 = tl.arange(0, D_PAD)[None, None, :]
     valid3 = (h3 < H) & (k3 < K)
@@ -229,11 +234,12 @@ def _bwd_proj_kernel(
                 mask=col_ok[:, None] & a_ok[None, :], other=0.0)  # [NKP, BLOCK_A], read once
     dw = tl.zeros([NKP, BLOCK_A], dtype=ACC)
     db = tl.zeros([NKP], dtype=ACC)
-    start = pid_c.to(tl.int64) * TOK_PER_PROG
+    if INT64:
+        start = pid_c.to(tl.int64) * TOK_PER_PROG
+    else:
+        start = pid_c * TOK_PER_PROG
     for i in range(0, TOK_PER_PROG, BLOCK_T):
         m = start + i + tl.arange(0, BLOCK_T)  # flattened token index b * L + t
-        if not INT64:
-            m = m.to(tl.int32)
         m_ok = m < M
         bb = m // L
         tt = m % L
@@ -287,11 +293,27 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _head_pads(num_heads: int, kernel_size: int, head_size: int):
+def _head_group_cap(d_pad: int) -> int:
+    """Most heads one program handles: on a GPU about 1K padded channels per token."""
+    if INTERPRET:
+        return 1 << 30  # all heads at once: fewer, larger programs
+    return max(1, _floor_pow2(1024 // d_pad))
+
+
+def _head_pads(num_heads: int, kernel_size: int, head_size: int | None):
+    """(N_PAD, K_PAD, D_PAD): heads per program (a power of two), padded taps, padded head size.
+
+    ``head_size=None`` means all heads in one program (the projection-backward kernel).
+    """
+    d_pad = _pow2(head_size or 1)
     n_pad = _pow2(num_heads)
+    if head_size is not None:
+        # very wide C (e.g. d = 256 with many heads) is split over a grid axis of head groups so
+        # the per-program [BLOCK_T, heads, d] tiles fit in registers
+        n_pad = min(n_pad, _head_group_cap(d_pad))
     # tl.dot needs every dimension >= 16, so the flattened (head, tap) axis is at least 16 wide
     k_pad = max(_pow2(kernel_size), 16 // n_pad if n_pad < 16 else 1)
-    return n_pad, k_pad, _pow2(head_size)
+    return n_pad, k_pad, d_pad
 
 
 def _span(t: torch.Tensor) -> int:
@@ -367,10 +389,11 @@ def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_m
         q_strides = kc_strides = (0, 0, 0)
         w_strides = (0, 0)
     int64 = _needs_int64(query, key_conv, values, logits, out, probs)
-    grid = (triton.cdiv(length, block_t), batch)
+    tiles = triton.cdiv(length, block_t)
+    grid = (tiles * batch, triton.cdiv(num_heads, n_pad))
     _fwd_kernel[grid](
         q, kc, w, bias if bias is not None else values, lg, values, mask_t, out, probs,
-        length, a_dim, channels, num_heads, head_size,
+        length, a_dim, channels, num_heads, head_size, tiles,
         *q_strides, *kc_strides, *w_strides, *lg_strides, *values.stride(), s_mb, s_ml,
         K=kernel_size, FUSED=fused, HAS_BIAS=bias is not None, HAS_MASK=has_mask,
         BLOCK_T=block_t, BLOCK_A=block_a, N_PAD=n_pad, K_PAD=k_pad, D_PAD=d_pad,
@@ -418,10 +441,11 @@ def window_backward(grad_out, values, probs, num_heads, padding_mask, d_logits_d
     block_t, num_warps = _token_tile(length, n_pad * d_pad)
     mask_t, s_mb, s_ml, has_mask = _mask_args(padding_mask, values)
     int64 = _needs_int64(grad_out, values, probs, d_values, d_logits)
-    grid = (triton.cdiv(length, block_t), batch)
+    tiles = triton.cdiv(length, block_t)
+    grid = (tiles * batch, triton.cdiv(num_heads, n_pad))
     _bwd_window_kernel[grid](
         grad_out, values, probs, mask_t, d_values, d_logits,
-        length, channels, num_heads, head_size,
+        length, channels, num_heads, head_size, tiles,
         *grad_out.stride(), *values.stride(), s_mb, s_ml,
         K=kernel_size, HAS_MASK=has_mask, BLOCK_T=block_t, N_PAD=n_pad, K_PAD=k_pad, D_PAD=d_pad,
         INT64=int64, ACC=acc_tl, num_warps=num_warps,
@@ -447,7 +471,7 @@ def projection_backward(d_logits, query, key_conv, weight, num_heads):
     if tokens == 0 or a_dim == 0:
         zeros = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
         return d_query.zero_(), d_key_conv.zero_(), zeros, zeros.new_zeros(n_k)
-    n_pad, k_pad, _ = _head_pads(num_heads, kernel_size, 1)
+    n_pad, k_pad, _ = _head_pads(num_heads, kernel_size, None)
     nkp = n_pad * k_pad
     block_a = _proj_block_a(a_dim, nkp)
     a_blocks = triton.cdiv(a_dim, block_a)

@@ -146,6 +146,16 @@ def test_many_tiles_and_a_chunks(monkeypatch):
 
 
 @interpreter
+@pytest.mark.parametrize("group", [1, 2])
+def test_head_groups(monkeypatch, group):
+    """Wide C is split over a grid axis of head groups (as on a GPU for d = 256); same results."""
+    monkeypatch.setattr(_kernels(), "_head_group_cap", lambda d_pad: group)
+    for shape in [(2, 7, 10, 12, 3, 5), (1, 5, 16, 20, 4, 31)]:
+        check_span_backend("triton", make_span_inputs(*shape, with_mask=True, seed=4), torch.float32)
+        check_dynamic_backend("triton", shape, torch.float32, with_mask=True)
+
+
+@interpreter
 def test_int64_offsets_path(monkeypatch):
     """The INT64 specialisation (taken when a tensor spans >= 2^31 elements) computes the same."""
     k = _kernels()
