@@ -1,0 +1,1 @@
+"""Benchmark suite of convbert-kernels: see benchmarks/README or the project README."""

@@ -1,0 +1,323 @@
+"""Kernel benchmark: ``span_dynamic_conv`` forward / backward / forward+backward per provider.
+
+Providers: every backend ``convbert_kernels.available_backends(device)`` lists (reference = the
+Hugging Face unfold formulation, eager, triton, native), plus ``compiled-eager`` (``torch.compile``
+of the eager backend's function). On CPU the triton backend only exists through the slow Triton
+interpreter (TRITON_INTERPRET=1) and is left out unless ``--include-interpreted``.
+
+Modes
+    forward   the op on inputs that require grad (a training forward: it saves for backward)
+    backward  ``out.backward(grad)`` of one retained forward (gradients reset between calls)
+    full      forward + backward
+
+Every measurement is one JSON line in ``benchmarks/results/kernels-<device>.jsonl`` with the
+device, dtype, shapes, versions and git commit (see ``benchmarks/common.py`` for the timing and
+memory methods), and a speed-up table is printed at the end.
+
+Examples::
+
+    python -m benchmarks.bench_kernels --preset quick
+    python -m benchmarks.bench_kernels --preset cpu
+    python -m benchmarks.bench_kernels --preset gpu
+    python -m benchmarks.bench_kernels --seq-lens 128,512 --batches 8 --dims 384,384,6,9 --dtype fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+import convbert_kernels
+from benchmarks import common
+
+PROVIDER_ORDER = ("reference", "eager", "compiled-eager", "triton", "native")
+MODES = ("forward", "backward", "full")
+
+# Peak DRAM bandwidth (GB/s) by device-name fragment, to express the measured time as a fraction of
+# the memory-traffic floor. Override with --peak-gbps.
+PEAK_GBPS = {"H200": 4800.0, "H100 SXM": 3350.0, "H100 80GB HBM3": 3350.0, "H100 PCIe": 2000.0,
+             "H100 NVL": 3900.0, "A100-SXM4-80GB": 2039.0, "A100 80GB PCIe": 1935.0,
+             "A100-SXM4-40GB": 1555.0, "A100-PCIE-40GB": 1555.0, "L4": 300.0, "A10": 600.0}
+
+
+@dataclass(frozen=True)
+class Case:
+    batch: int
+    seq_len: int
+    A: int  # all_head_size of query / key_conv
+    C: int  # channels of values, heads * d
+    heads: int
+    K: int
+    dtype: str
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq_len
+
+    def floor_bytes(self, mode: str) -> int:
+        """Memory-traffic floor of the fused op (docs: convbert-math.md): per token
+        forward s*(A + 2C), backward s*(3C + 2A)."""
+        s = torch.empty((), dtype=common.dtype_from_name(self.dtype)).element_size()
+        fwd, bwd = s * (self.A + 2 * self.C), s * (3 * self.C + 2 * self.A)
+        return self.tokens * {"forward": fwd, "backward": bwd, "full": fwd + bwd}[mode]
+
+
+PRESETS = {
+    # a minute on a laptop CPU: the README's main command
+    "quick": dict(cpu=dict(seq_lens=[128, 512], batches=[4], dims=[(384, 384, 6, 9)], dtype="fp32",
+                           modes=["forward", "full"]),
+                  cuda=dict(seq_lens=[512, 2048], batches=[8], dims=[(384, 384, 6, 9)], dtype="bf16",
+                            modes=["forward", "full"])),
+    # the committed CPU sweep (a few minutes on 2 cores) incl. the issue-5 point B=8, L=512
+    "cpu": dict(cpu=dict(seq_lens=[128, 256, 512, 1024], batches=[8], dims=[(384, 384, 6, 9)], dtype="fp32",
+                         modes=list(MODES), batch_sweep=dict(seq_len=256, batches=[1, 2, 4, 16]))),
+    # the GPU sweep: base dims, bf16, L 128..4096 at B=32 and B 8..64 at L=512
+    "gpu": dict(cuda=dict(seq_lens=[128, 256, 512, 1024, 2048, 4096], batches=[32], dims=[(384, 384, 6, 9)],
+                          dtype="bf16", modes=list(MODES), batch_sweep=dict(seq_len=512, batches=[8, 16, 64]))),
+    # issue 5's acceptance point
+    "issue5": dict(cpu=dict(seq_lens=[512], batches=[8], dims=[(384, 384, 6, 9)], dtype="fp32",
+                            modes=["forward", "full"]),
+                   cuda=dict(seq_lens=[512], batches=[32], dims=[(384, 384, 6, 9)], dtype="bf16",
+                             modes=["forward", "full"])),
+}
+
+
+def cases_from(spec: dict) -> list[Case]:
+    cases = []
+    for A, C, n, K in spec["dims"]:
+        for B in spec["batches"]:
+            for L in spec["seq_lens"]:
+                cases.append(Case(B, L, A, C, n, K, spec["dtype"]))
+        sweep = spec.get("batch_sweep")
+        if sweep:
+            for B in sweep["batches"]:
+                case = Case(B, sweep["seq_len"], A, C, n, K, spec["dtype"])
+                if case not in cases:
+                    cases.append(case)
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------
+# Providers
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_eager():
+    from convbert_kernels import eager
+
+    # The backward mode replays one graph with retain_graph=True, which compiled backwards with
+    # donated buffers refuse; donation only saves memory, the kernels stay the same.
+    torch._functorch.config.donated_buffer = False
+    return torch.compile(eager.span_dynamic_conv)
+
+
+def providers(device: torch.device, include_interpreted: bool = False, wanted=None) -> dict:
+    """name -> callable(query, key_conv, values, weight, bias, num_heads)."""
+    found = {}
+    available = convbert_kernels.available_backends(device)
+    for name in PROVIDER_ORDER:
+        if wanted and name not in wanted:
+            continue
+        if name == "compiled-eager":
+            found[name] = lambda q, k, v, w, b, n: _compiled_eager()(q, k, v, w, b, n)
+        elif name in available:
+            if name == "triton" and device.type == "cpu" and not include_interpreted:
+                continue
+            found[name] = functools.partial(convbert_kernels.span_dynamic_conv, backend=name)
+    return found
+
+
+def make_inputs(case: Case, device: torch.device, seed: int = 0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    dtype = common.dtype_from_name(case.dtype)
+
+    def randn(*shape, scale=1.0):
+        t = (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+        return t.requires_grad_(True)
+
+    B, L, A, C, n, K = case.batch, case.seq_len, case.A, case.C, case.heads, case.K
+    query, key_conv, values = randn(B, L, A), randn(B, L, A), randn(B, L, C)
+    weight, bias = randn(n * K, A, scale=A**-0.5), randn(n * K, scale=0.1)
+    grad = (torch.randn(B, L, C, generator=g)).to(device=device, dtype=dtype)
+    return (query, key_conv, values, weight, bias), grad
+
+
+def mode_fn(op, inputs, grad, n, mode):
+    """The callable timed for ``mode`` (and a cleanup)."""
+    if mode == "forward":
+        return lambda: op(*inputs, n)
+    if mode == "full":
+        return lambda: op(*inputs, n).backward(grad)
+    out = op(*inputs, n)  # backward: one forward, retained
+    return lambda: out.backward(grad, retain_graph=True)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(case: Case, name: str, op, device: torch.device, modes, args) -> list[dict]:
+    inputs, grad = make_inputs(case, device)
+    rows = []
+    base = dict(bench="kernel", provider=name, **asdict(case), **common.environment(device))
+
+    t0 = time.perf_counter()
+    try:
+        op(*inputs, case.heads).backward(grad)  # first call: compiles / autotunes / JIT-builds
+        _sync(device)
+    except Exception as exc:  # noqa: BLE001 -- a provider that cannot run this case is a row too
+        return [dict(base, mode=m, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300]) for m in modes]
+    first_call_ms = (time.perf_counter() - t0) * 1e3
+    for t in inputs:
+        t.grad = None
+    try:
+        saved = common.saved_bytes(lambda: op(*inputs, case.heads))
+    except Exception:  # noqa: BLE001
+        saved = None
+
+    for mode in modes:
+        row = dict(base, mode=mode, first_call_ms=first_call_ms, saved_bytes=saved,
+                   floor_bytes=case.floor_bytes(mode))
+        try:
+            fn = mode_fn(op, inputs, grad, case.heads, mode)
+            row.update(common.time_fn(fn, device, grad_to_none=inputs, cpu_warmup=args.warmup,
+                                      cpu_repeats=args.repeats, cpu_min_time_s=args.min_time))
+            for t in inputs:
+                t.grad = None
+            row["peak_bytes"] = common.peak_bytes(fn, device)
+            for t in inputs:
+                t.grad = None
+            row["effective_gbps"] = row["floor_bytes"] / (row["median_ms"] * 1e-3) / 1e9
+            peak = args.peak_gbps or _peak_gbps(device)
+            if peak:
+                row["peak_gbps"] = peak
+                row["fraction_of_floor"] = row["effective_gbps"] / peak
+        except Exception as exc:  # noqa: BLE001
+            if args.verbose:
+                traceback.print_exc()
+            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        finally:
+            fn = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+    return rows
+
+
+def _peak_gbps(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, gbps in PEAK_GBPS.items():
+        if fragment in name:
+            return gbps
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def _ints(text):
+    return [int(x) for x in text.split(",") if x]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a predefined sweep (other size flags override it)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--seq-lens", type=_ints, help="e.g. 128,256,512")
+    p.add_argument("--batches", type=_ints, help="e.g. 8,32")
+    p.add_argument("--dims", action="append", type=_ints, metavar="A,C,n,K",
+                   help="all_head_size A, value channels C, heads n, kernel K (repeatable)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "fp64"])
+    p.add_argument("--modes", type=lambda s: s.split(","), help="subset of forward,backward,full")
+    p.add_argument("--providers", type=lambda s: s.split(","), help=f"subset of {','.join(PROVIDER_ORDER)}")
+    p.add_argument("--include-interpreted", action="store_true", help="time triton on CPU via the interpreter")
+    p.add_argument("--warmup", type=int, default=2, help="CPU warm-up calls (GPU: do_bench's 25 ms)")
+    p.add_argument("--repeats", type=int, default=7, help="CPU timed calls at least")
+    p.add_argument("--min-time", type=float, default=0.5, help="CPU: keep timing until this many seconds")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    p.add_argument("--peak-gbps", type=float, default=None, help="DRAM bandwidth for fraction_of_floor")
+    p.add_argument("--out", default=None, help="JSONL file to append to (default benchmarks/results/kernels-<device>.jsonl)")
+    p.add_argument("--no-save", action="store_true", help="print only")
+    p.add_argument("--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def build_spec(args, device: torch.device) -> dict:
+    spec = dict(seq_lens=[128, 512], batches=[8], dims=[(384, 384, 6, 9)],
+                dtype="fp32" if device.type == "cpu" else "bf16", modes=list(MODES))
+    if args.preset:
+        preset = PRESETS[args.preset]
+        spec = dict(preset.get(device.type) or preset.get("cuda") or preset.get("cpu"))
+    if args.seq_lens or args.batches:  # an explicit grid replaces the preset's batch sweep
+        spec.pop("batch_sweep", None)
+    if args.seq_lens:
+        spec["seq_lens"] = args.seq_lens
+    if args.batches:
+        spec["batches"] = args.batches
+    if args.dims:
+        spec["dims"] = [tuple(d) for d in args.dims]
+    if args.dtype:
+        spec["dtype"] = args.dtype
+    if args.modes:
+        spec["modes"] = args.modes
+    return spec
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = build_spec(args, device)
+    provs = providers(device, args.include_interpreted, args.providers)
+    cases = cases_from(spec)
+    print(f"# span_dynamic_conv on {common.device_name(device)}: providers {list(provs)}, "
+          f"{len(cases)} shapes, modes {spec['modes']}, dtype {spec['dtype']}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}", flush=True)
+    out_path = Path(args.out) if args.out else common.results_path("kernels", device)
+    all_rows = []
+    for case in cases:
+        for name, op in provs.items():
+            rows = measure(case, name, op, device, spec["modes"], args)
+            for row in rows:
+                print(_line(row), flush=True)
+            if not args.no_save:
+                common.append_rows(out_path, rows)
+            all_rows.extend(rows)
+    from benchmarks import plot
+
+    print()
+    print(plot.kernel_speedup_table(all_rows))
+    if not args.no_save:
+        print(f"\nrows appended to {out_path}")
+    return all_rows
+
+
+def _line(row: dict) -> str:
+    shape = f"B={row['batch']} L={row['seq_len']} A={row['A']} C={row['C']} n={row['heads']} K={row['K']} {row['dtype']}"
+    if "error" in row:
+        return f"{row['provider']:>15} {row['mode']:>8} {shape}: ERROR {row['error']}"
+    return (f"{row['provider']:>15} {row['mode']:>8} {shape}: median {row['median_ms']:.3f} ms "
+            f"[p20 {row['p20_ms']:.3f}, p80 {row['p80_ms']:.3f}] peak {common.fmt_bytes(row['peak_bytes'])} "
+            f"saved {common.fmt_bytes(row.get('saved_bytes'))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Plots and README tables from the benchmark rows.
+
+    python -m benchmarks.plot                      # every benchmarks/results/*.jsonl
+    python -m benchmarks.plot FILE.jsonl ... --markdown benchmarks/results/README-tables.md
+
+For every kernels file: one PNG (``<file stem>.png`` beside it) per device, dtype and (B, A, C, n,
+K) group with median time (p20-p80 band) and peak memory against sequence length, one line per
+provider, one column per mode; and a markdown table of median times and speed-ups over the
+reference. For every model file: a markdown table of tokens/s and peak memory. When a file holds
+several runs of the same measurement, the latest row wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common
+
+PROVIDER_ORDER = ("reference", "eager", "compiled-eager", "triton", "native")
+MODE_ORDER = ("forward", "backward", "full")
+MODE_TITLE = {"forward": "forward", "backward": "backward", "full": "forward + backward"}
+
+
+def _latest(rows: list[dict], key) -> list[dict]:
+    """Keep the last row of each measurement key (files are appended run after run)."""
+    kept = {}
+    for row in rows:
+        kept[key(row)] = row
+    return list(kept.values())
+
+
+def _kernel_key(r):
+    return (r["device"], r["dtype"], r["batch"], r["seq_len"], r["A"], r["C"], r["heads"], r["K"], r["provider"], r["mode"])
+
+
+def _provider_rank(name):
+    return PROVIDER_ORDER.index(name) if name in PROVIDER_ORDER else len(PROVIDER_ORDER)
+
+
+def kernel_rows(rows):
+    return _latest([r for r in rows if r.get("bench") == "kernel"], _kernel_key)
+
+
+def kernel_speedup_table(rows: list[dict], baseline: str = "reference") -> str:
+    """Markdown: one line per shape and mode; per provider the median ms and speed-up over baseline."""
+    rows = kernel_rows(rows)
+    if not rows:
+        return "(no kernel rows)"
+    providers = sorted({r["provider"] for r in rows}, key=_provider_rank)
+    groups = defaultdict(dict)
+    for r in rows:
+        shape = (r["device"], r["dtype"], r["batch"], r["seq_len"], r["A"], r["C"], r["heads"], r["K"], r["mode"])
+        groups[shape][r["provider"]] = r
+    lines = []
+    order = sorted(groups, key=lambda s: (s[0], s[1], s[4], s[5], s[6], s[7], s[2], s[3], MODE_ORDER.index(s[8])))
+    for shape in order:
+        device, dtype, B, L, A, C, n, K, mode = shape
+        by = groups[shape]
+        base = by.get(baseline)
+        base_ms = base.get("median_ms") if base else None
+        cells = []
+        for p in providers:
+            r = by.get(p)
+            if r is None:
+                cells.append("-")
+            elif "error" in r:
+                cells.append("error")
+            else:
+                cell = f"{r['median_ms']:.2f} ms"
+                if base_ms and p != baseline:
+                    cell += f" ({base_ms / r['median_ms']:.1f}x)"
+                cell += f", {common.fmt_bytes(r.get('peak_bytes'))}"
+                cells.append(cell)
+        lines.append([f"{B}", f"{L}", f"{A}/{C}/{n}/{K}", dtype, MODE_TITLE[mode], *cells])
+    devices = sorted({r["device"] for r in rows})
+    header = ["B", "L", "A/C/n/K", "dtype", "mode", *providers]
+    title = (f"span_dynamic_conv on {', '.join(devices)}: median time (speed-up over {baseline}), "
+             f"peak memory of one call")
+    return f"**{title}**\n\n" + common.markdown_table(header, lines)
+
+
+def model_rows(rows):
+    def key(r):
+        return (r["device"], r["dtype"], r["size"], r["batch"], r["seq_len"], r["provider"])
+
+    return _latest([r for r in rows if r.get("bench") == "model"], key)
+
+
+def model_table(rows: list[dict], baseline: str = "hf") -> str:
+    rows = model_rows(rows)
+    if not rows:
+        return "(no model rows)"
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["device"], r["dtype"], r["size"], r["batch"], r["seq_len"])].append(r)
+    out = []
+    for (device, dtype, size, B, L), rs in sorted(groups.items()):
+        base = next((r for r in rs if r["provider"] == baseline and "error" not in r), None)
+        lines = []
+        for r in rs:
+            if "error" in r:
+                lines.append([r["provider"], "error", "-", "-", "-", r["error"][:80]])
+                continue
+            speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
+            lines.append([r["provider"], f"{r['median_ms']:.1f} [{r['p20_ms']:.1f}, {r['p80_ms']:.1f}]",
+                          f"{r['tokens_per_s']:.0f}", speed, common.fmt_bytes(r.get("peak_bytes")),
+                          f"{r.get('eval_loss', float('nan')):.5f}"])
+        title = (f"ConvBertForMaskedLM training step (forward, backward, AdamW) on {device}: "
+                 f"{size}, B={B}, L={L}, {dtype}")
+        out.append(f"**{title}**\n\n" + common.markdown_table(
+            ["provider", "step ms median [p20, p80]", "tokens/s", f"vs {baseline}", "peak memory", "eval loss"], lines))
+    return "\n\n".join(out)
+
+
+def plot_kernels(rows: list[dict], out_dir: Path, stem: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in kernel_rows(rows) if "error" not in r]
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["device"], r["dtype"], r["batch"], r["A"], r["C"], r["heads"], r["K"])].append(r)
+    paths = []
+    for (device, dtype, B, A, C, n, K), rs in sorted(groups.items()):
+        lens = sorted({r["seq_len"] for r in rs})
+        if len(lens) < 2:
+            continue  # a batch-sweep point: nothing to draw against L
+        modes = [m for m in MODE_ORDER if any(r["mode"] == m for r in rs)]
+        fig, axes = plt.subplots(2, len(modes), figsize=(4.2 * len(modes), 7), squeeze=False)
+        for j, mode in enumerate(modes):
+            for p in sorted({r["provider"] for r in rs}, key=_provider_rank):
+                pts = sorted((r for r in rs if r["mode"] == mode and r["provider"] == p), key=lambda r: r["seq_len"])
+                if not pts:
+                    continue
+                x = [r["seq_len"] for r in pts]
+                (line,) = axes[0][j].plot(x, [r["median_ms"] for r in pts], marker="o", label=p)
+                axes[0][j].fill_between(x, [r["p20_ms"] for r in pts], [r["p80_ms"] for r in pts],
+                                        color=line.get_color(), alpha=0.2)
+                axes[1][j].plot(x, [r["peak_bytes"] / 2**20 for r in pts], marker="o", label=p)
+            axes[0][j].set_title(MODE_TITLE[mode])
+            for i, ylabel in enumerate(("time, ms (median, p20-p80)", "peak memory, MiB")):
+                ax = axes[i][j]
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xticks(lens, [str(x) for x in lens])
+                ax.set_xlabel("sequence length L")
+                ax.grid(True, which="both", alpha=0.3)
+                if j == 0:
+                    ax.set_ylabel(ylabel)
+        axes[0][0].legend()
+        fig.suptitle(f"span_dynamic_conv, {device}\nB={B}, A={A}, C={C}, n={n}, K={K}, {dtype}", fontsize=10)
+        fig.tight_layout()
+        suffix = f"-{dtype}-B{B}-A{A}-C{C}-n{n}-K{K}" if len(groups) > 1 else ""
+        path = out_dir / f"{stem}{suffix}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="*", help="JSONL files (default: benchmarks/results/*.jsonl)")
+    p.add_argument("--markdown", help="also write the tables to this file")
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+    files = [Path(f) for f in args.files] or sorted(common.RESULTS_DIR.glob("*.jsonl"))
+    sections = []
+    for f in files:
+        rows = common.read_rows([f])
+        if any(r.get("bench") == "kernel" for r in rows):
+            sections.append(kernel_speedup_table(rows))
+            if not args.no_plot:
+                for path in plot_kernels(rows, f.parent, f.stem):
+                    sections.append(f"![{path.stem}]({path.relative_to(common.ROOT) if path.is_relative_to(common.ROOT) else path})")
+                    print(f"wrote {path}", file=sys.stderr)
+        if any(r.get("bench") == "model" for r in rows):
+            sections.append(model_table(rows))
+    text = "\n\n".join(sections) + "\n"
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+        print(f"wrote {args.markdown}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
