@@ -1,5 +1,70 @@
-"""Build script: the pure-Python packages, plus the C++/CUDA extension (see csrc/)."""
+"""Build script: the pure-Python packages, plus the C++/CUDA extension ``convbert_kernels._C``.
+
+The extension (csrc/) always gets its CPU part; the CUDA part is added when PyTorch is a CUDA
+build (``torch.version.cuda``) and a CUDA toolkit is found (``CUDA_HOME``/nvcc). Environment:
+
+- ``TORCH_CUDA_ARCH_LIST``: target GPU architectures, default ``"8.0;9.0"`` (A100, H100).
+- ``CONVBERT_KERNELS_NO_CUDA=1``: build the CPU part only.
+- ``CONVBERT_KERNELS_NO_EXTENSION=1``: build no extension at all (the package then compiles it
+  just in time on first use of the "native" backend, see convbert_kernels/native.py).
+- ``MAX_JOBS``: parallel compile jobs (ninja).
+
+Install with ``pip install --no-build-isolation -e .`` so the extension is built against the
+torch already installed in the environment.
+"""
+
+import os
+import sys
+from pathlib import Path
 
 from setuptools import setup
 
-setup()
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+
+
+def _extensions():
+    if os.environ.get("CONVBERT_KERNELS_NO_EXTENSION", "") == "1":
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:  # metadata-only invocations without torch: nothing to compile
+        print("convbert_kernels: torch not importable, building without the native extension", file=sys.stderr)
+        return [], {}
+
+    sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.cpp"))
+    cuda_sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.cu"))
+    with_cuda = (
+        bool(cuda_sources)
+        and torch.version.cuda is not None
+        and cpp_extension.CUDA_HOME is not None
+        and os.environ.get("CONVBERT_KERNELS_NO_CUDA", "") != "1"
+    )
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx_flags = ["-O3", *openmp]
+    define_macros = []
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        define_macros.append(("CONVBERT_WITH_CUDA", None))
+        ext = cpp_extension.CUDAExtension(
+            name="convbert_kernels._C",
+            sources=sources + cuda_sources,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=openmp,
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            name="convbert_kernels._C",
+            sources=sources,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=openmp,
+        )
+    print(f"convbert_kernels: building the native extension ({'CPU + CUDA' if with_cuda else 'CPU only'})",
+          file=sys.stderr)
+    return [ext], {"build_ext": cpp_extension.BuildExtension}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

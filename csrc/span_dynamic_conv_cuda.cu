@@ -1,0 +1,375 @@
+// CUDA implementation of the window kernels and the deterministic weight gradient.
+//
+// Window kernels: one block per (tile of `tt` tokens of one sequence, head). The block softmaxes
+// the tile's logits into shared memory (writing probs once for the backward), then walks the
+// head's d channels in chunks of kChunk: the value window of the tile, rows [t0 - P, t0 + tt + P),
+// is staged in shared memory (masked rows and rows outside [0, L) as zeros, converted to fp32),
+// and each thread produces (token, channel) outputs from it. Accumulation is fp32 (fp64 for
+// float64 inputs).
+//
+// Backward, same blocking: per chunk the value window and the upstream-gradient window are
+// staged; dp[t, k] = <g[t], v[t + k - P]> accumulates in shared memory (each (t, k) owned by one
+// thread, chunks in order), and d_values is a gather: d_values[s] = mask[s] *
+// sum_k probs[s - k + P, k] * g[s - k + P], from a band of probs staged per tile. No atomics;
+// the result is bitwise reproducible.
+//
+// Weight gradient: d_weight = sum_t d_logits[t]^T (query * key_conv)[t] and d_bias (as a column
+// of ones) are reduced in two stages: fixed token splits each write a partial [R, A + 1], then a
+// second kernel adds the partials in split order. Deterministic, no atomics.
+//
+// Only c10/cuda headers are used (ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE headers that a
+// bare toolkit may lack).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "span_dynamic_conv.h"
+
+namespace convbert_kernels {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kChunk = 32;               // channels of one head staged at a time
+constexpr int kRowStride = kChunk + 1;   // padded shared-memory row (no bank conflicts on dp)
+constexpr size_t kSmemBudget = 44 * 1024;  // stay under the 48 KiB default dynamic limit
+
+template <typename T>
+using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+__device__ __forceinline__ float dev_exp(float x) { return expf(x); }
+__device__ __forceinline__ double dev_exp(double x) { return exp(x); }
+
+template <typename acc_t>
+size_t forward_smem(int tt, int K) {
+  return (static_cast<size_t>(tt) * K + static_cast<size_t>(tt + K - 1) * kRowStride) * sizeof(acc_t);
+}
+
+template <typename acc_t>
+size_t backward_smem(int tt, int K) {
+  return (3 * static_cast<size_t>(tt) * K + 2 * static_cast<size_t>(tt + K - 1) * kRowStride) * sizeof(acc_t);
+}
+
+// Largest tile (tokens per block, from 32 down) whose shared memory fits the budget.
+template <typename Fn>
+int pick_tile(Fn smem_for, int K, const char* what) {
+  int tt = 32;
+  while (tt > 1 && smem_for(tt, K) > kSmemBudget) tt /= 2;
+  TORCH_CHECK(smem_for(tt, K) <= kSmemBudget, what, ": kernel size K=", K,
+              " is too large for the CUDA kernel's shared memory");
+  return tt;
+}
+
+template <typename scalar_t, typename acc_t, typename logit_t>
+__global__ void __launch_bounds__(kThreads)
+    window_forward_kernel(const scalar_t* __restrict__ values, const logit_t* __restrict__ logits,
+                          const bool* __restrict__ mask, scalar_t* __restrict__ out, acc_t* __restrict__ probs,
+                          int64_t L, int n, int d, int K, int64_t tiles, int tt) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc_t* sp = reinterpret_cast<acc_t*>(smem_raw);  // [tt][K] probs of the tile's tokens
+  acc_t* sv = sp + tt * K;                         // [tt + K - 1][kRowStride] value window chunk
+
+  const int64_t b = blockIdx.x / tiles;
+  const int64_t t0 = (blockIdx.x % tiles) * tt;
+  const int h = blockIdx.y;
+  const int64_t C = static_cast<int64_t>(n) * d, R = static_cast<int64_t>(n) * K;
+  const int P = (K - 1) / 2;
+  const int ntok = static_cast<int>(min(static_cast<int64_t>(tt), L - t0));
+  const int nw = ntok + K - 1;
+
+  for (int i = threadIdx.x; i < ntok; i += blockDim.x) {
+    const int64_t tok = b * L + t0 + i;
+    const logit_t* lg = logits + tok * R + static_cast<int64_t>(h) * K;
+    acc_t mx = static_cast<acc_t>(lg[0]);
+    for (int k = 1; k < K; ++k) mx = max(mx, static_cast<acc_t>(lg[k]));
+    acc_t sum = 0;
+    for (int k = 0; k < K; ++k) {
+      const acc_t e = dev_exp(static_cast<acc_t>(lg[k]) - mx);
+      sp[i * K + k] = e;
+      sum += e;
+    }
+    const acc_t inv = acc_t(1) / sum;
+    acc_t* pg = probs + tok * R + static_cast<int64_t>(h) * K;
+    for (int k = 0; k < K; ++k) {
+      const acc_t p = sp[i * K + k] * inv;
+      sp[i * K + k] = p;
+      pg[k] = p;
+    }
+  }
+  __syncthreads();
+
+  for (int c0 = 0; c0 < d; c0 += kChunk) {
+    const int dc = min(kChunk, d - c0);
+    for (int idx = threadIdx.x; idx < nw * kChunk; idx += blockDim.x) {
+      const int w = idx / kChunk, j = idx % kChunk;
+      const int64_t s = t0 - P + w;
+      acc_t x = 0;
+      if (j < dc && s >= 0 && s < L && (mask == nullptr || mask[b * L + s])) {
+        x = static_cast<acc_t>(values[(b * L + s) * C + static_cast<int64_t>(h) * d + c0 + j]);
+      }
+      sv[w * kRowStride + j] = x;
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < ntok * kChunk; idx += blockDim.x) {
+      const int i = idx / kChunk, j = idx % kChunk;
+      if (j < dc) {
+        acc_t a = 0;
+        for (int k = 0; k < K; ++k) a += sp[i * K + k] * sv[(i + k) * kRowStride + j];
+        out[(b * L + t0 + i) * C + static_cast<int64_t>(h) * d + c0 + j] = static_cast<scalar_t>(a);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+template <typename scalar_t, typename acc_t, typename dlogit_t>
+__global__ void __launch_bounds__(kThreads)
+    window_backward_kernel(const scalar_t* __restrict__ grad_out, const acc_t* __restrict__ grad_probs,
+                           const scalar_t* __restrict__ values, const acc_t* __restrict__ probs,
+                           const bool* __restrict__ mask, scalar_t* __restrict__ d_values,
+                           dlogit_t* __restrict__ d_logits, int64_t L, int n, int d, int K, int64_t tiles, int tt) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc_t* sp = reinterpret_cast<acc_t*>(smem_raw);  // [tt][K] probs of the tile's tokens
+  acc_t* sband = sp + tt * K;                      // [tt][K] probs[t0 + i + P - k][k] (0 outside)
+  acc_t* sdp = sband + tt * K;                     // [tt][K] dp accumulators
+  acc_t* sv = sdp + tt * K;                        // [tt + K - 1][kRowStride] values window chunk
+  acc_t* sg = sv + (tt + K - 1) * kRowStride;      // [tt + K - 1][kRowStride] grad window chunk
+
+  const int64_t b = blockIdx.x / tiles;
+  const int64_t t0 = (blockIdx.x % tiles) * tt;
+  const int h = blockIdx.y;
+  const int64_t C = static_cast<int64_t>(n) * d, R = static_cast<int64_t>(n) * K;
+  const int64_t hK = static_cast<int64_t>(h) * K, hd = static_cast<int64_t>(h) * d;
+  const int P = (K - 1) / 2;
+  const int ntok = static_cast<int>(min(static_cast<int64_t>(tt), L - t0));
+  const int nw = ntok + K - 1;
+
+  for (int idx = threadIdx.x; idx < ntok * K; idx += blockDim.x) {
+    const int i = idx / K, k = idx % K;
+    const int64_t tok = b * L + t0 + i;
+    sp[idx] = probs[tok * R + hK + k];
+    const int64_t tb = t0 + i + P - k;
+    sband[idx] = (tb >= 0 && tb < L) ? probs[(b * L + tb) * R + hK + k] : acc_t(0);
+    sdp[idx] = grad_probs != nullptr ? grad_probs[tok * R + hK + k] : acc_t(0);
+  }
+  __syncthreads();
+
+  for (int c0 = 0; c0 < d; c0 += kChunk) {
+    const int dc = min(kChunk, d - c0);
+    for (int idx = threadIdx.x; idx < nw * kChunk; idx += blockDim.x) {
+      const int w = idx / kChunk, j = idx % kChunk;
+      const int64_t s = t0 - P + w;
+      acc_t x = 0, y = 0;
+      if (j < dc && s >= 0 && s < L) {
+        const int64_t off = (b * L + s) * C + hd + c0 + j;
+        y = static_cast<acc_t>(grad_out[off]);
+        if (mask == nullptr || mask[b * L + s]) x = static_cast<acc_t>(values[off]);
+      }
+      sv[w * kRowStride + j] = x;
+      sg[w * kRowStride + j] = y;
+    }
+    __syncthreads();
+    // dp[i, k] += <g[t0 + i], v[t0 + i + k - P]> over this chunk (g row i sits at window row i + P).
+    for (int idx = threadIdx.x; idx < ntok * K; idx += blockDim.x) {
+      const int i = idx / K, k = idx % K;
+      const acc_t* gr = sg + (i + P) * kRowStride;
+      const acc_t* vr = sv + (i + k) * kRowStride;
+      acc_t a = 0;
+      for (int j = 0; j < dc; ++j) a += gr[j] * vr[j];
+      sdp[idx] += a;
+    }
+    // d_values[t0 + i] = mask * sum_k probs[t0 + i + P - k][k] * g[t0 + i + P - k] (window row i + 2P - k).
+    for (int idx = threadIdx.x; idx < ntok * kChunk; idx += blockDim.x) {
+      const int i = idx / kChunk, j = idx % kChunk;
+      if (j < dc) {
+        const int64_t s = t0 + i;
+        acc_t a = 0;
+        if (mask == nullptr || mask[b * L + s]) {
+          for (int k = 0; k < K; ++k) a += sband[i * K + k] * sg[(i + 2 * P - k) * kRowStride + j];
+        }
+        d_values[(b * L + s) * C + hd + c0 + j] = static_cast<scalar_t>(a);
+      }
+    }
+    __syncthreads();
+  }
+
+  for (int i = threadIdx.x; i < ntok; i += blockDim.x) {
+    const int64_t tok = b * L + t0 + i;
+    acc_t tot = 0;
+    for (int k = 0; k < K; ++k) tot += sp[i * K + k] * sdp[i * K + k];
+    dlogit_t* dl = d_logits + tok * R + hK;
+    for (int k = 0; k < K; ++k) dl[k] = static_cast<dlogit_t>(sp[i * K + k] * (sdp[i * K + k] - tot));
+  }
+}
+
+// partial[split][r][a] = sum over the split's tokens of d_logits[t][r] * ca[t][a], where
+// ca[t][a] = query * key_conv for a < A and 1 for a == A (the bias column).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(256)
+    weight_grad_partial_kernel(const acc_t* __restrict__ dl, const scalar_t* __restrict__ query,
+                               const scalar_t* __restrict__ key_conv, acc_t* __restrict__ partial, int64_t N, int R,
+                               int A, int64_t tokens_per_split) {
+  __shared__ acc_t s_dl[32][33];
+  __shared__ acc_t s_ca[32][33];
+  const int a0 = blockIdx.x * 32, r0 = blockIdx.y * 32;
+  const int64_t split = blockIdx.z;
+  const int64_t n_begin = split * tokens_per_split;
+  const int64_t n_end = min(N, n_begin + tokens_per_split);
+  const int tx = threadIdx.x, ty = threadIdx.y;  // 32 x 8
+  acc_t acc[4] = {0, 0, 0, 0};
+  for (int64_t nb = n_begin; nb < n_end; nb += 32) {
+    for (int u = 0; u < 4; ++u) {
+      const int row = ty + 8 * u;
+      const int64_t tok = nb + row;
+      const int r = r0 + tx, a = a0 + tx;
+      acc_t x = 0, y = 0;
+      if (tok < n_end) {
+        if (r < R) x = dl[tok * R + r];
+        if (a < A) {
+          y = static_cast<acc_t>(query[tok * A + a]) * static_cast<acc_t>(key_conv[tok * A + a]);
+        } else if (a == A) {
+          y = 1;
+        }
+      }
+      s_dl[row][tx] = x;
+      s_ca[row][tx] = y;
+    }
+    __syncthreads();
+    for (int tk = 0; tk < 32; ++tk) {
+      const acc_t y = s_ca[tk][tx];
+      for (int u = 0; u < 4; ++u) acc[u] += s_dl[tk][ty + 8 * u] * y;
+    }
+    __syncthreads();
+  }
+  for (int u = 0; u < 4; ++u) {
+    const int r = r0 + ty + 8 * u, a = a0 + tx;
+    if (r < R && a <= A) partial[(split * R + r) * (A + 1) + a] = acc[u];
+  }
+}
+
+template <typename acc_t>
+__global__ void sum_partials_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ total, int64_t splits,
+                                    int64_t M) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= M) return;
+  acc_t s = 0;
+  for (int64_t sp = 0; sp < splits; ++sp) s += partial[sp * M + idx];  // fixed order
+  total[idx] = s;
+}
+
+const bool* mask_ptr(const at::Tensor& mask) { return mask.defined() ? mask.data_ptr<bool>() : nullptr; }
+
+void check_grid(int64_t blocks, int64_t n) {
+  TORCH_CHECK(blocks < (int64_t{1} << 31), "too many token tiles for one CUDA launch");
+  TORCH_CHECK(n <= 65535, "num_heads must be <= 65535 on CUDA");
+}
+
+}  // namespace
+
+void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,
+                         int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
+  const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
+  const int64_t n = num_heads, d = C / n, K = logits.size(2) / n;
+  if (B * L == 0 || C == 0) return;
+  c10::cuda::CUDAGuard guard(values.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool logits_acc = logits.scalar_type() != values.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "window_forward_cuda", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const int tt = pick_tile([](int t, int k) { return forward_smem<acc_t>(t, k); }, static_cast<int>(K),
+                             "span_dynamic_conv forward");
+    const int64_t tiles = (L + tt - 1) / tt;
+    check_grid(B * tiles, n);
+    const dim3 grid(static_cast<unsigned>(B * tiles), static_cast<unsigned>(n));
+    const size_t smem = forward_smem<acc_t>(tt, static_cast<int>(K));
+    auto launch = [&](auto logit_tag) {
+      using logit_t = decltype(logit_tag);
+      window_forward_kernel<scalar_t, acc_t, logit_t><<<grid, kThreads, smem, stream>>>(
+          values.data_ptr<scalar_t>(), logits.data_ptr<logit_t>(), mask_ptr(mask), out.data_ptr<scalar_t>(),
+          probs.data_ptr<acc_t>(), L, static_cast<int>(n), static_cast<int>(d), static_cast<int>(K), tiles, tt);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (logits_acc) {
+      launch(acc_t{});
+    } else {
+      launch(scalar_t{});
+    }
+  });
+}
+
+void window_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_probs, const at::Tensor& values,
+                          const at::Tensor& probs, const at::Tensor& mask, int64_t num_heads, at::Tensor& d_values,
+                          at::Tensor& d_logits) {
+  const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
+  const int64_t n = num_heads, d = C / n, K = probs.size(2) / n;
+  if (B * L == 0) return;
+  if (C == 0) {
+    d_logits.zero_();
+    return;
+  }
+  c10::cuda::CUDAGuard guard(values.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool dlogits_acc = d_logits.scalar_type() != values.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "window_backward_cuda", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const int tt = pick_tile([](int t, int k) { return backward_smem<acc_t>(t, k); }, static_cast<int>(K),
+                             "span_dynamic_conv backward");
+    const int64_t tiles = (L + tt - 1) / tt;
+    check_grid(B * tiles, n);
+    const dim3 grid(static_cast<unsigned>(B * tiles), static_cast<unsigned>(n));
+    const size_t smem = backward_smem<acc_t>(tt, static_cast<int>(K));
+    const acc_t* gp = grad_probs.defined() ? grad_probs.data_ptr<acc_t>() : nullptr;
+    auto launch = [&](auto dlogit_tag) {
+      using dlogit_t = decltype(dlogit_tag);
+      window_backward_kernel<scalar_t, acc_t, dlogit_t><<<grid, kThreads, smem, stream>>>(
+          grad_out.data_ptr<scalar_t>(), gp, values.data_ptr<scalar_t>(), probs.data_ptr<acc_t>(), mask_ptr(mask),
+          d_values.data_ptr<scalar_t>(), d_logits.data_ptr<dlogit_t>(), L, static_cast<int>(n), static_cast<int>(d),
+          static_cast<int>(K), tiles, tt);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (dlogits_acc) {
+      launch(acc_t{});
+    } else {
+      launch(scalar_t{});
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> weight_grad_cuda(const at::Tensor& d_logits, const at::Tensor& query,
+                                                    const at::Tensor& key_conv) {
+  const int64_t N = d_logits.size(0), R = d_logits.size(1), A = query.size(1);
+  const auto opts = d_logits.options();
+  if (N == 0) return {at::zeros({R, A}, opts), at::zeros({R}, opts)};
+  TORCH_CHECK(R < (int64_t{1} << 31) && A < (int64_t{1} << 31) - 1, "weight too large for the CUDA kernel");
+  c10::cuda::CUDAGuard guard(d_logits.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  // At most 256 splits of a multiple of 32 tokens, at least 256 tokens each.
+  int64_t per_split = std::max<int64_t>(256, (N + 255) / 256);
+  per_split = (per_split + 31) / 32 * 32;
+  const int64_t splits = (N + per_split - 1) / per_split;
+  at::Tensor partial = at::empty({splits, R, A + 1}, opts);
+  at::Tensor total = at::empty({R, A + 1}, opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "weight_grad_cuda", [&] {
+    using acc_t = acc_of<scalar_t>;
+    TORCH_CHECK(d_logits.scalar_type() == c10::CppTypeToScalarType<acc_t>::value, "d_logits must be the acc dtype");
+    const dim3 grid(static_cast<unsigned>((A + 1 + 31) / 32), static_cast<unsigned>((R + 31) / 32),
+                    static_cast<unsigned>(splits));
+    const dim3 block(32, 8);
+    weight_grad_partial_kernel<scalar_t, acc_t><<<grid, block, 0, stream>>>(
+        d_logits.data_ptr<acc_t>(), query.data_ptr<scalar_t>(), key_conv.data_ptr<scalar_t>(),
+        partial.data_ptr<acc_t>(), N, static_cast<int>(R), static_cast<int>(A), per_split);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t M = R * (A + 1);
+    sum_partials_kernel<acc_t><<<static_cast<unsigned>((M + 255) / 256), 256, 0, stream>>>(
+        partial.data_ptr<acc_t>(), total.data_ptr<acc_t>(), splits, M);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {total.narrow(1, 0, A).contiguous(), total.select(1, A).contiguous()};
+}
+
+}  // namespace convbert_kernels
