@@ -123,8 +123,10 @@ def test_dynamic_conv_bf16_within_1e2(native, shape):
     def prep(t, dt):
         return t.to(dt).requires_grad_(True)
 
-    ref = run_dynamic(prep(values, torch.float64), prep(logits, torch.float64), num_heads, mask, "reference")
-    got = run_dynamic(prep(values, torch.bfloat16), prep(logits, torch.bfloat16), num_heads, mask, "native")
+    # A bf16-exact upstream gradient, so both runs see the same one.
+    grad = torch.randn(batch, length, channels, generator=g).to(torch.bfloat16)
+    ref = run_dynamic(prep(values, torch.float64), prep(logits, torch.float64), num_heads, mask, "reference", grad)
+    got = run_dynamic(prep(values, torch.bfloat16), prep(logits, torch.bfloat16), num_heads, mask, "native", grad)
     assert got[0].dtype == torch.bfloat16
     assert_close_to(got[0], ref[0], torch.bfloat16, "bf16 dynamic_conv forward")
     for name, a, b in zip(["d_values", "d_logits"], got[1], ref[1]):
