@@ -3,7 +3,7 @@
 Notation: B batch, L sequence, A = query width, C = n * d value width, n heads, K odd taps,
 P = (K - 1) // 2. The forward and window-backward kernels work on a tile of tokens and a group
 of heads (all heads unless C is very wide: then a second grid axis splits them into groups of
-about 1K padded channels and the fused projection is computed per group).
+at most 512 padded channels and the fused projection is computed per group).
 
 Layouts inside the kernels
 --------------------------
@@ -171,15 +171,12 @@ def _bwd_window_kernel(
     c3 = h3 * D + j3
     c_ok = (h3 < H) & (j3 < D)
 
-    p = tl.load(probs_ptr + row[:, None, None] * (H * K) + h3 * K + k3,
-                mask=t_ok[:, None, None] & valid3, other=0.0).to(ACC)
+    # 1) d_logits. dp[t, h, k] = <g[t], v[t + k - P]> per head (v masked as in the forward);
+    #    two separate tap loops keep fewer [BLOCK_T, heads, d] tiles live at once (registers)
     g = tl.load(g_ptr + b * s_gb + offs_t[:, None, None] * s_gl + c3 * s_gc,
                 mask=t_ok[:, None, None] & c_ok, other=0.0).to(ACC)
-
     dp = tl.zeros([BLOCK_T, N_PAD, K_PAD], dtype=ACC)
-    dv = tl.zeros([BLOCK_T, N_PAD, D_PAD], dtype=ACC)
     for k in range(K):
-        # dp[t, :, k] = <g[t], v[t + k - P]> per head (v masked as in the forward)
         src = offs_t + (k - P)
         s_ok = (src >= 0) & (src < L)
         if HAS_MASK:
@@ -189,7 +186,15 @@ def _bwd_window_kernel(
                     mask=s_ok[:, None, None] & c_ok, other=0.0).to(ACC)
         dpk = tl.sum(g * v, axis=2)
         dp = tl.where(k3 == k, dpk[:, :, None], dp)
-        # gather: value s is read with tap k by token r = s - k + P
+    p = tl.load(probs_ptr + row[:, None, None] * (H * K) + h3 * K + k3,
+                mask=t_ok[:, None, None] & valid3, other=0.0).to(ACC)
+    dl = p * (dp - tl.sum(p * dp, axis=2)[:, :, None])  # softmax backward
+    tl.store(dl_ptr + row[:, None, None] * (H * K) + h3 * K + k3, dl.to(dl_ptr.dtype.element_ty),
+             mask=t_ok[:, None, None] & valid3)
+
+    # 2) d_values as a gather: value s is read with tap k by token r = s - k + P
+    dv = tl.zeros([BLOCK_T, N_PAD, D_PAD], dtype=ACC)
+    for k in range(K):
         r = offs_t - (k - P)
         r_ok = (r >= 0) & (r < L)
         gr = tl.load(g_ptr + b * s_gb + r[:, None, None] * s_gl + c3 * s_gc,
@@ -202,11 +207,6 @@ def _bwd_window_kernel(
         dv = tl.where((keep_t != 0)[:, None, None], dv, 0.0)
     tl.store(dv_ptr + row[:, None, None] * C + c3, dv.to(dv_ptr.dtype.element_ty),
              mask=t_ok[:, None, None] & c_ok)
-
-    # softmax backward
-    dl = p * (dp - tl.sum(p * dp, axis=2)[:, :, None])
-    tl.store(dl_ptr + row[:, None, None] * (H * K) + h3 * K + k3, dl.to(dl_ptr.dtype.element_ty),
-             mask=t_ok[:, None, None] & valid3)
 
 
 @triton.jit
@@ -294,10 +294,10 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _head_group_cap(d_pad: int) -> int:
-    """Most heads one program handles: on a GPU about 1K padded channels per token."""
+    """Most heads one program handles: on a GPU at most 512 padded channels per token."""
     if INTERPRET:
         return 1 << 30  # all heads at once: fewer, larger programs
-    return max(1, _floor_pow2(1024 // d_pad))
+    return max(1, _floor_pow2(512 // d_pad))
 
 
 def _head_pads(num_heads: int, kernel_size: int, head_size: int | None):
@@ -345,10 +345,28 @@ def _token_tile(length: int, padded_channels: int) -> tuple[int, int]:
     return block_t, (4 if block_t * padded_channels <= 4096 else 8)
 
 
-def _proj_block_a(a_dim: int, nkp: int) -> int:
+def _proj_block_a(a_dim: int, nkp: int, block_t: int) -> int:
+    """A-chunk width for the projections: the [BLOCK_T, BLOCK_A] and [NKP, BLOCK_A] tiles stay small."""
     if INTERPRET:
         return max(16, _pow2(a_dim))
-    return max(16, min(64, _pow2(a_dim), _floor_pow2(4096 // nkp)))
+    return max(16, min(64, _pow2(a_dim), _floor_pow2(4096 // nkp), _floor_pow2(2048 // block_t)))
+
+
+def _proj_config(tokens: int, a_dim: int, nkp: int, itemsize: int) -> tuple[int, int, int]:
+    """(BLOCK_T, BLOCK_A, num_warps) of the projection-backward kernel.
+
+    Its live set is the [NKP, BLOCK_A] d_weight accumulator, the weight block, the d_logits tile
+    and two dot results; fp32 operands (no tensor cores with input_precision="ieee") get half
+    as wide an A block to stay clear of register spills (checked with ptxas for sm_90).
+    """
+    if INTERPRET:
+        block_t = max(16, min(64, _pow2(tokens)))
+        return block_t, _proj_block_a(a_dim, nkp, block_t), 4
+    block_t = 32
+    block_a = _proj_block_a(a_dim, nkp, block_t)
+    if itemsize >= 4:
+        block_a = max(16, block_a // 2)
+    return block_t, block_a, 8
 
 
 def _num_programs_hint(device: torch.device) -> int:
@@ -378,7 +396,7 @@ def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_m
     mask_t, s_mb, s_ml, has_mask = _mask_args(padding_mask, values)
     if fused:
         a_dim = query.shape[2]
-        block_a = _proj_block_a(a_dim, n_pad * k_pad)
+        block_a = _proj_block_a(a_dim, n_pad * k_pad, block_t)
         q, kc, w, lg = query, key_conv, weight, values
         lg_strides = (0, 0, 0)
         q_strides, kc_strides, w_strides = query.stride(), key_conv.stride(), weight.stride()
@@ -473,9 +491,8 @@ def projection_backward(d_logits, query, key_conv, weight, num_heads):
         return d_query.zero_(), d_key_conv.zero_(), zeros, zeros.new_zeros(n_k)
     n_pad, k_pad, _ = _head_pads(num_heads, kernel_size, None)
     nkp = n_pad * k_pad
-    block_a = _proj_block_a(a_dim, nkp)
+    block_t, block_a, num_warps = _proj_config(tokens, a_dim, nkp, query.element_size())
     a_blocks = triton.cdiv(a_dim, block_a)
-    block_t = max(16, min(64, _pow2(tokens))) if INTERPRET else 32
     tiles = triton.cdiv(tokens, block_t)
     # enough programs to fill the GPU, each looping over a run of tiles, so that the number of
     # partial d_weight buffers (one per run) stays small; it depends only on the shapes and
@@ -486,7 +503,6 @@ def projection_backward(d_logits, query, key_conv, weight, num_heads):
     dw_part = torch.empty((runs, n_k, a_dim), dtype=acc_torch, device=query.device)
     db_part = torch.empty((runs, n_k), dtype=acc_torch, device=query.device)
     int64 = _needs_int64(query, key_conv, d_logits, d_query, dw_part)
-    num_warps = 4 if nkp * block_a <= 4096 else 8
     _bwd_proj_kernel[(runs, a_blocks)](
         d_logits, query, key_conv, weight, d_query, d_key_conv, dw_part, db_part,
         tokens, length, a_dim, num_heads, tok_per_prog,

@@ -138,7 +138,7 @@ def test_many_tiles_and_a_chunks(monkeypatch):
     """Force 16-token tiles and 16-wide A blocks so halos cross tiles and the A-loop iterates."""
     k = _kernels()
     monkeypatch.setattr(k, "_token_tile", lambda length, channels: (16, 4))
-    monkeypatch.setattr(k, "_proj_block_a", lambda a_dim, nkp: 16)
+    monkeypatch.setattr(k, "_proj_block_a", lambda a_dim, nkp, block_t: 16)
     monkeypatch.setattr(k, "_num_programs_hint", lambda device: 6)  # several runs of tiles
     for shape in [(2, 37, 40, 12, 2, 9), (1, 33, 17, 10, 2, 31)]:
         check_span_backend("triton", make_span_inputs(*shape, with_mask=True, seed=3), torch.float32)
