@@ -1,0 +1,10 @@
+"""Training: ``convbert-train`` (``python -m convbert.train``) pre-trains and fine-tunes ConvBERT.
+
+See :func:`convbert.train.cli.main` and ``convbert-train --help``.
+"""
+
+from __future__ import annotations
+
+from .cli import MODEL_SIZES, build_parser, main
+
+__all__ = ["main", "build_parser", "MODEL_SIZES"]

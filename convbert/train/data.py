@@ -1,0 +1,400 @@
+"""Training data: plain-text documents for pre-training, labelled CSV / JSON lines for fine-tuning.
+
+Everything is read and tokenized up front into memory (tensors or lists of ids), so a batch is a
+cheap gather and a *data position* is a single integer: the number of micro-batches consumed so
+far. :class:`BatchPlan` turns that integer back into (epoch, batch of the epoch), which is what
+makes a resumed run see exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
+
+
+class DataError(ValueError):
+    """Unusable training data (missing, empty or malformed file); the message says which and why."""
+
+
+# --------------------------------------------------------------------------- plain text
+
+
+def check_files(paths: Sequence[str | os.PathLike], what: str = "data file") -> list[Path]:
+    """Every path must be an existing, non-empty file; return them as Paths."""
+    out = []
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise DataError(f"{what} {str(p)!r} does not exist")
+        if not path.is_file():
+            raise DataError(f"{what} {str(p)!r} is not a file")
+        if path.stat().st_size == 0:
+            raise DataError(f"{what} {str(p)!r} is empty")
+        out.append(path)
+    return out
+
+
+def read_documents(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Read plain-text files into documents.
+
+    A file with blank lines is split into blank-line-separated documents (line breaks inside a
+    document become spaces); a file without blank lines holds one document per line.
+
+    Raises:
+        DataError: a file is missing, empty, not UTF-8, or holds only whitespace.
+    """
+    docs: list[str] = []
+    for path in check_files(paths, "training file"):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"training file {str(path)!r} is not UTF-8 text: {exc}") from exc
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if _BLANK_LINE.search(text.strip()):
+            parts = [" ".join(p.split()) for p in _BLANK_LINE.split(text)]
+        else:
+            parts = [line.strip() for line in text.split("\n")]
+        parts = [p for p in parts if p]
+        if not parts:
+            raise DataError(f"training file {str(path)!r} holds no text (only whitespace)")
+        docs.extend(parts)
+    return docs
+
+
+def pack_documents(tokenizer, documents: Sequence[str], seq_len: int, batch: int = 1000) -> dict[str, torch.Tensor]:
+    """Tokenize documents and pack them into ``[CLS] tokens... [SEP]`` blocks of exactly ``seq_len``.
+
+    Documents are concatenated with ``[SEP]`` between them (as ELECTRA and run_mlm do) and cut into
+    blocks; the remainder shorter than a block is dropped, unless there is no full block at all, in
+    which case the single padded block is kept.
+
+    Returns ``{"input_ids": [N, seq_len], "attention_mask": [N, seq_len]}`` (int64).
+    """
+    if seq_len < 8:
+        raise ValueError(f"--seq-len must be at least 8, got {seq_len}")
+    sep, cls, pad = tokenizer.sep_token_id, tokenizer.cls_token_id, tokenizer.pad_token_id
+    stream: list[int] = []
+    for start in range(0, len(documents), batch):
+        chunk = list(documents[start:start + batch])
+        enc = tokenizer(chunk, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+        for ids in enc["input_ids"]:
+            if ids:
+                stream.extend(ids)
+                stream.append(sep)
+    if not stream:
+        raise DataError("the training text produced no tokens")
+    body = seq_len - 2
+    n_full = len(stream) // body
+    blocks = [stream[i * body:(i + 1) * body] for i in range(n_full)] or [stream[:body]]
+    ids = torch.full((len(blocks), seq_len), pad, dtype=torch.long)
+    mask = torch.zeros((len(blocks), seq_len), dtype=torch.long)
+    for row, block in enumerate(blocks):
+        seq = [cls] + block + [sep]
+        ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+# --------------------------------------------------------------------------- labelled data
+
+
+@dataclass
+class LabelledData:
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[Any]          # raw labels as read (str, int or float)
+    skipped: int = 0
+    skip_reasons: list[str] = field(default_factory=list)
+    path: str = ""
+
+
+def _data_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in (".csv",):
+        return "csv"
+    if suffix in (".tsv", ".tab"):
+        return "tsv"
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    raise DataError(f"cannot tell the format of {str(path)!r} from its extension; pass --data-format csv|tsv|jsonl")
+
+
+def read_labelled(path: str | os.PathLike, text_column: str, label_column: str | None,
+                  text_pair_column: str | None = None, *, bad_rows: str = "skip",
+                  data_format: str = "auto") -> LabelledData:
+    """Read a labelled CSV / TSV / JSON-lines file.
+
+    A malformed row (wrong number of fields, invalid JSON, missing or empty text, missing label) is
+    skipped and counted when ``bad_rows == "skip"``, or raises :class:`DataError` naming its line
+    when ``bad_rows == "error"``. A missing column in the header is always an error.
+    ``label_column=None`` reads unlabelled text (labels are ``None``).
+    """
+    (path,) = check_files([path])
+    fmt = _data_format(path, data_format)
+    data = LabelledData([], [] if text_pair_column else None, [], path=str(path))
+    columns = [c for c in (text_column, text_pair_column, label_column) if c]
+
+    def bad(line: int, why: str) -> None:
+        message = f"{path}:{line}: {why}"
+        if bad_rows == "error":
+            raise DataError(f"malformed row {message} (pass --bad-rows skip to skip such rows)")
+        data.skipped += 1
+        if len(data.skip_reasons) < 5:
+            data.skip_reasons.append(message)
+
+    def add(line: int, row: dict) -> None:
+        text = row.get(text_column)
+        if not isinstance(text, str) or not text.strip():
+            return bad(line, f"missing or empty text in column {text_column!r}")
+        pair = None
+        if text_pair_column:
+            pair = row.get(text_pair_column)
+            if not isinstance(pair, str) or not pair.strip():
+                return bad(line, f"missing or empty text in column {text_pair_column!r}")
+        label = None
+        if label_column:
+            label = row.get(label_column)
+            if label is None or (isinstance(label, str) and not label.strip()) or isinstance(label, (list, dict)):
+                return bad(line, f"missing label in column {label_column!r}")
+            if isinstance(label, str):
+                label = label.strip()
+        data.texts.append(text)
+        if data.pairs is not None:
+            data.pairs.append(pair)
+        data.labels.append(label)
+
+    try:
+        if fmt in ("csv", "tsv"):
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f, delimiter="," if fmt == "csv" else "\t")
+                header = reader.fieldnames or []
+                missing = [c for c in columns if c not in header]
+                if missing:
+                    raise DataError(f"{path}: no column(s) {missing}; the header has {header}")
+                for row in reader:
+                    line = reader.line_num
+                    if None in row:
+                        bad(line, f"{len(header) + len(row[None])} fields, the header has {len(header)}")
+                        continue
+                    if any(v is None for v in row.values()):
+                        bad(line, f"fewer fields than the {len(header)} of the header")
+                        continue
+                    add(line, row)
+        elif fmt == "jsonl":
+            text = path.read_text(encoding="utf-8")
+            if text.lstrip().startswith("["):  # a JSON array of objects is accepted too
+                try:
+                    rows = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path} is not valid JSON: {exc}") from exc
+                items = list(enumerate(rows, start=1))
+            else:
+                items = []
+                for line, raw in enumerate(text.splitlines(), start=1):
+                    if not raw.strip():
+                        continue
+                    try:
+                        items.append((line, json.loads(raw)))
+                    except json.JSONDecodeError as exc:
+                        bad(line, f"invalid JSON ({exc.msg})")
+            seen_columns: set[str] = set()
+            for line, row in items:
+                if not isinstance(row, dict):
+                    bad(line, f"expected a JSON object, got {type(row).__name__}")
+                    continue
+                seen_columns.update(row)
+                add(line, row)
+            if items and not data.texts:
+                missing = [c for c in columns if c not in seen_columns]
+                if missing:
+                    raise DataError(f"{path}: no row has the key(s) {missing}; keys seen: {sorted(seen_columns)}")
+        else:
+            raise DataError(f"unknown data format {fmt!r}")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text: {exc}") from exc
+    except csv.Error as exc:
+        raise DataError(f"{path}: unreadable CSV: {exc}") from exc
+    if not data.texts:
+        raise DataError(f"{path} has no usable rows ({data.skipped} malformed rows skipped"
+                        + (f", e.g. {data.skip_reasons[0]}" if data.skip_reasons else "") + ")")
+    return data
+
+
+@dataclass
+class LabelScheme:
+    """How raw labels map to model targets."""
+    task: str                  # "classification" or "regression"
+    num_labels: int
+    names: list[str] | None    # label names for string labels (id -> name), else None
+
+    def id2label(self) -> dict[int, str]:
+        if self.task == "regression":
+            return {0: "LABEL_0"}
+        if self.names:
+            return dict(enumerate(self.names))
+        return {i: f"LABEL_{i}" for i in range(self.num_labels)}
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def infer_label_scheme(labels: Sequence[Any], task: str = "auto", num_labels: int | None = None,
+                       label_names: Sequence[str] | None = None) -> LabelScheme:
+    """Decide classification vs regression and the number of classes.
+
+    ``auto``: labels that are all integers -> classification with ``max + 1`` classes (or
+    ``num_labels``); numbers that are not all integers -> regression; anything else -> class
+    names, sorted (or in the order of ``label_names``).
+    """
+    numbers = [_as_number(v) for v in labels]
+    all_numeric = all(n is not None for n in numbers)
+    all_int = all_numeric and all(float(n).is_integer() for n in numbers)
+    if task == "auto":
+        task = "regression" if (all_numeric and not all_int) else "classification"
+    if task == "regression":
+        if not all_numeric:
+            bad = next(v for v, n in zip(labels, numbers) if n is None)
+            raise DataError(f"regression needs numeric labels, got {bad!r}")
+        return LabelScheme("regression", 1, None)
+    if task != "classification":
+        raise ValueError(f"unknown task {task!r}")
+    if label_names:
+        return LabelScheme("classification", len(label_names), list(label_names))
+    if all_int:
+        top = int(max(numbers))
+        n = num_labels if num_labels is not None else max(top + 1, 2)
+        return LabelScheme("classification", n, None)
+    names = sorted({str(v) for v in labels})
+    if num_labels is not None and num_labels != len(names):
+        raise DataError(f"--num-labels {num_labels} but the labels have {len(names)} distinct values: {names[:20]}")
+    return LabelScheme("classification", len(names), names)
+
+
+def encode_labels(data: LabelledData, scheme: LabelScheme) -> list:
+    """Map raw labels to class ids (or floats); raise DataError for a label outside the scheme."""
+    out = []
+    lookup = {name: i for i, name in enumerate(scheme.names)} if scheme.names else None
+    for index, raw in enumerate(data.labels):
+        where = f"{data.path}, row {index + 1} of the usable rows"
+        if scheme.task == "regression":
+            value = _as_number(raw)
+            if value is None or not math.isfinite(value):
+                raise DataError(f"{where}: regression label {raw!r} is not a finite number")
+            out.append(value)
+            continue
+        if lookup is not None:
+            key = str(raw)
+            if key not in lookup:
+                raise DataError(f"{where}: label {raw!r} is not one of the {scheme.num_labels} labels {scheme.names}")
+            out.append(lookup[key])
+            continue
+        value = _as_number(raw)
+        if value is None or not value.is_integer():
+            raise DataError(f"{where}: label {raw!r} is not an integer class id")
+        if not 0 <= int(value) < scheme.num_labels:
+            raise DataError(f"{where}: label {int(value)} is outside [0, num_labels={scheme.num_labels})")
+        out.append(int(value))
+    return out
+
+
+def encode_texts(tokenizer, data: LabelledData, seq_len: int) -> list[list[int]] | dict[str, list]:
+    """Tokenize (with truncation to ``seq_len``, no padding): ``{"input_ids", "token_type_ids"}`` lists."""
+    enc = tokenizer(data.texts, data.pairs, truncation=True, max_length=seq_len, padding=False,
+                    return_attention_mask=False, return_token_type_ids=True)
+    return {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
+
+
+def collate_labelled(encoded: dict[str, list], labels: list | None, indices: Sequence[int], pad_id: int,
+                     regression: bool) -> dict[str, torch.Tensor]:
+    """Pad the chosen examples to the longest of the batch."""
+    seqs = [encoded["input_ids"][i] for i in indices]
+    types = [encoded["token_type_ids"][i] for i in indices]
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    tt = torch.zeros((len(seqs), length), dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for row, (s, t) in enumerate(zip(seqs, types)):
+        ids[row, :len(s)] = torch.tensor(s)
+        tt[row, :len(t)] = torch.tensor(t)
+        mask[row, :len(s)] = 1
+    batch = {"input_ids": ids, "token_type_ids": tt, "attention_mask": mask}
+    if labels is not None:
+        values = [labels[i] for i in indices]
+        batch["labels"] = torch.tensor(values, dtype=torch.float if regression else torch.long)
+    return batch
+
+
+# --------------------------------------------------------------------------- batching
+
+
+class BatchPlan:
+    """Which examples each rank's micro-batches hold, epoch after epoch.
+
+    Each epoch shuffles the dataset with ``seed + epoch`` and shards it across ranks with
+    :class:`torch.utils.data.DistributedSampler` (every rank gets the same number of examples), then
+    cuts the rank's share into micro-batches of ``batch_size``. ``batch(position)`` returns the
+    indices of the ``position``-th micro-batch counted from the start of training, so resuming is
+    ``position = micro-batches done``.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, *, world_size: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = True):
+        if num_examples < 1:
+            raise DataError("no training examples")
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be positive, got {batch_size}")
+        self.num_examples, self.batch_size = num_examples, batch_size
+        self.world_size, self.rank, self.seed = world_size, rank, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
+        per_rank = math.ceil(num_examples / world_size)
+        if drop_last:
+            if per_rank < batch_size:
+                # Too little data for one full batch per rank: keep a partial one instead of none.
+                self.batches_per_epoch = 1
+                self.drop_last = False
+            else:
+                self.batches_per_epoch = per_rank // batch_size
+        else:
+            self.batches_per_epoch = math.ceil(per_rank / batch_size)
+        self._cache: tuple[int, list[int]] | None = None
+
+    def _epoch_indices(self, epoch: int) -> list[int]:
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(range(self.num_examples), num_replicas=self.world_size, rank=self.rank,
+                                     shuffle=self.shuffle, seed=self.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        indices = list(sampler)
+        self._cache = (epoch, indices)
+        return indices
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """(epoch, batch within the epoch) of the ``position``-th micro-batch."""
+        return divmod(position, self.batches_per_epoch)
+
+    def batch(self, position: int) -> list[int]:
+        epoch, b = self.locate(position)
+        indices = self._epoch_indices(epoch)
+        return indices[b * self.batch_size:(b + 1) * self.batch_size]

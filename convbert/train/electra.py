@@ -1,0 +1,307 @@
+"""Pre-training objectives (ELECTRA replaced-token detection, masked LM) and the fine-tuning wrapper.
+
+Each objective is an ``nn.Module`` whose ``forward(**batch)`` returns a dict with ``"loss"`` (what
+is back-propagated) and other scalar tensors worth logging, plus:
+
+- ``make_batch(examples, rng)``: turn a batch of packed token blocks into model inputs (masking is
+  drawn from ``rng``, a ``torch.Generator`` seeded per micro-batch, so resumed runs mask alike);
+- ``save_pretrained(dir)`` / ``load_pretrained(dir)``: the Hugging Face layout, the whole state;
+- ``tokens_in(batch)``: how many real tokens a batch holds (for tokens/s).
+
+ELECTRA (Clark et al., 2020), as ConvBERT pre-trains: a small masked-LM *generator* fills 15% of
+positions with sampled tokens; the *discriminator* (the ConvBERT being trained) predicts for every
+token whether it was replaced. Loss = generator MLM loss + 50 x discriminator loss. Generator and
+discriminator share the embedding module (word, position, token type, LayerNorm); the generator's
+output projection is tied to the shared word embeddings. The generator has the discriminator's
+depth and a fraction of its width, heads and feed-forward size.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..configuration import ConvBertConfig
+from ..modeling import ConvBertForMaskedLM, ConvBertForSequenceClassification, ConvBertModel
+from ..pretrained import load_state_dict_from_directory
+
+GENERATOR_DIR = "generator"
+DISCRIMINATOR_HEAD_FILE = "discriminator_head.safetensors"
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, *, special_ids: list[int], mask_id: int,
+                vocab_size: int, rng: torch.Generator, rate: float = 0.15, mask_fraction: float = 0.8,
+                random_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose ``rate`` of each sequence's maskable tokens (at least one) and corrupt them.
+
+    Of the chosen positions, ``mask_fraction`` become ``[MASK]``, ``random_fraction`` a random
+    token, the rest stay unchanged (BERT: 0.8 / 0.1; ELECTRA: 0.85 / 0.0). Special tokens and
+    padding are never chosen. Returns ``(corrupted_ids, labels)`` with labels -100 where not chosen.
+    """
+    maskable = attention_mask.bool()
+    for sid in special_ids:
+        maskable &= input_ids != sid
+    scores = torch.rand(input_ids.shape, generator=rng)
+    scores = scores.masked_fill(~maskable, 2.0)  # never among the lowest
+    counts = maskable.sum(1)
+    k = torch.clamp(torch.round(counts.float() * rate).long(), min=1)
+    k = torch.minimum(k, counts)
+    ranks = scores.argsort(dim=1).argsort(dim=1)
+    chosen = (ranks < k[:, None]) & maskable
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    action = torch.rand(input_ids.shape, generator=rng)
+    corrupted = input_ids.clone()
+    to_mask = chosen & (action < mask_fraction)
+    to_random = chosen & (action >= mask_fraction) & (action < mask_fraction + random_fraction)
+    corrupted[to_mask] = mask_id
+    if to_random.any():
+        random_ids = torch.randint(0, vocab_size, input_ids.shape, generator=rng)
+        corrupted[to_random] = random_ids[to_random]
+    return corrupted, labels
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def generator_config(disc: ConvBertConfig, fraction: float) -> ConvBertConfig:
+    """The generator's config: the discriminator's depth and embeddings, ``fraction`` of its width."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--generator-fraction must be in (0, 1], got {fraction}")
+    heads = max(disc.head_ratio, int(round(disc.num_attention_heads * fraction)))
+    n = max(heads // disc.head_ratio, 1)
+    unit = 2 * n * disc.num_groups // math.gcd(2 * n, disc.num_groups)
+    hidden = max(unit, int(math.ceil(disc.hidden_size * fraction / unit)) * unit)
+    values = disc.to_dict()
+    for key in ("architectures", "id2label", "label2id", "problem_type"):
+        values.pop(key, None)
+    values.update(hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden)
+    return ConvBertConfig.from_dict(values)
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+    tmp.replace(path)
+
+
+class _PretrainBase(nn.Module):
+    def __init__(self, special_ids: list[int], mask_id: int, pad_id: int, mask_rate: float):
+        super().__init__()
+        self.special_ids, self.mask_id, self.pad_id, self.mask_rate = list(special_ids), mask_id, pad_id, mask_rate
+
+    @staticmethod
+    def tokens_in(batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["attention_mask"].sum())
+
+
+# --------------------------------------------------------------------------- masked LM
+
+
+class MlmPretrainer(_PretrainBase):
+    """Plain BERT-style masked language modelling (80% [MASK], 10% random, 10% unchanged)."""
+
+    objective = "mlm"
+
+    def __init__(self, config: ConvBertConfig, *, special_ids: list[int], mask_id: int, pad_id: int,
+                 mask_rate: float = 0.15):
+        super().__init__(special_ids, mask_id, pad_id, mask_rate)
+        self.model = ConvBertForMaskedLM(config)
+
+    @property
+    def config(self) -> ConvBertConfig:
+        return self.model.config
+
+    def make_batch(self, examples: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, torch.Tensor]:
+        ids, labels = mask_tokens(examples["input_ids"], examples["attention_mask"], special_ids=self.special_ids,
+                                  mask_id=self.mask_id, vocab_size=self.config.vocab_size, rng=rng,
+                                  rate=self.mask_rate, mask_fraction=0.8, random_fraction=0.1)
+        return {"input_ids": ids, "attention_mask": examples["attention_mask"], "labels": labels}
+
+    def forward(self, input_ids, attention_mask, labels) -> dict[str, torch.Tensor]:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        with torch.no_grad():
+            chosen = labels != -100
+            acc = (out.logits.argmax(-1)[chosen] == labels[chosen]).float().mean()
+        return {"loss": out.loss, "mlm_acc": acc}
+
+    def compile_models(self) -> None:
+        self.model.compile()
+
+    def save_pretrained(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+
+    def load_pretrained(self, directory: Path, strict: bool = True) -> None:
+        info = self.model.load_pretrained_state_dict(load_state_dict_from_directory(Path(directory)))
+        if strict and (info.missing_keys or info.unexpected_keys):
+            raise ValueError(f"checkpoint {directory} does not match the model: missing {info.missing_keys}, "
+                             f"unexpected {info.unexpected_keys}")
+
+
+# --------------------------------------------------------------------------- ELECTRA
+
+
+def _activation(name: str):
+    table = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "swish": F.silu, "tanh": torch.tanh,
+             "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "gelu_fast": lambda x: F.gelu(x, approximate="tanh")}
+    if name not in table:
+        raise ValueError(f"unsupported hidden_act {name!r} for the discriminator head")
+    return table[name]
+
+
+class ConvBertDiscriminatorPredictions(nn.Module):
+    """ELECTRA's replaced-token-detection head: dense Hd -> Hd, activation, dense Hd -> 1 (one logit per token)."""
+
+    def __init__(self, config: ConvBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense_prediction = nn.Linear(config.hidden_size, 1)
+        self.act = _activation(config.hidden_act)
+        for layer in (self.dense, self.dense_prediction):
+            nn.init.normal_(layer.weight, std=config.initializer_range)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dense_prediction(self.act(self.dense(hidden_states))).squeeze(-1)
+
+
+class ElectraPretrainer(_PretrainBase):
+    """Generator (small ConvBertForMaskedLM) + discriminator (ConvBertModel + RTD head), shared embeddings."""
+
+    objective = "electra"
+
+    def __init__(self, config: ConvBertConfig, *, special_ids: list[int], mask_id: int, pad_id: int,
+                 mask_rate: float = 0.15, generator_fraction: float = 0.25, disc_weight: float = 50.0,
+                 gen_weight: float = 1.0, temperature: float = 1.0):
+        super().__init__(special_ids, mask_id, pad_id, mask_rate)
+        self.discriminator = ConvBertModel(config)
+        self.discriminator_head = ConvBertDiscriminatorPredictions(config)
+        self.generator = ConvBertForMaskedLM(generator_config(config, generator_fraction))
+        self.generator.convbert.embeddings = self.discriminator.embeddings  # shared, as in ELECTRA
+        self.generator.tie_weights()
+        self.disc_weight, self.gen_weight, self.temperature = disc_weight, gen_weight, temperature
+        banned = torch.zeros(config.vocab_size, dtype=torch.bool)
+        banned[[i for i in self.special_ids if 0 <= i < config.vocab_size]] = True
+        self.register_buffer("banned_ids", banned, persistent=False)
+
+    @property
+    def config(self) -> ConvBertConfig:
+        return self.discriminator.config
+
+    def make_batch(self, examples: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, torch.Tensor]:
+        ids, labels = mask_tokens(examples["input_ids"], examples["attention_mask"], special_ids=self.special_ids,
+                                  mask_id=self.mask_id, vocab_size=self.config.vocab_size, rng=rng,
+                                  rate=self.mask_rate, mask_fraction=0.85, random_fraction=0.0)
+        seed = int(torch.randint(0, 2**62, (1,), generator=rng))
+        return {"input_ids": ids, "attention_mask": examples["attention_mask"], "labels": labels,
+                "sample_seed": torch.tensor(seed, dtype=torch.long)}
+
+    def forward(self, input_ids, attention_mask, labels, sample_seed) -> dict[str, torch.Tensor]:
+        gen_out = self.generator(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        chosen = labels != -100
+        with torch.no_grad():
+            logits = gen_out.logits[chosen].float() / self.temperature
+            logits = logits.masked_fill(self.banned_ids, float("-inf"))
+            rng = torch.Generator(device=logits.device)
+            rng.manual_seed(int(sample_seed))
+            sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=rng).squeeze(-1)
+            disc_input = input_ids.clone()
+            disc_input[chosen] = sampled
+            original = torch.where(chosen, labels, input_ids)
+            replaced = (disc_input != original).float()
+        hidden = self.discriminator(input_ids=disc_input, attention_mask=attention_mask).last_hidden_state
+        disc_logits = self.discriminator_head(hidden).float()
+        weights = attention_mask.float()
+        per_token = F.binary_cross_entropy_with_logits(disc_logits, replaced, reduction="none")
+        disc_loss = (per_token * weights).sum() / weights.sum().clamp(min=1)
+        loss = self.gen_weight * gen_out.loss + self.disc_weight * disc_loss
+        with torch.no_grad():
+            disc_acc = (((disc_logits > 0).float() == replaced).float() * weights).sum() / weights.sum().clamp(min=1)
+            gen_acc = (sampled == labels[chosen]).float().mean()
+        return {"loss": loss, "gen_loss": gen_out.loss.detach(), "disc_loss": disc_loss.detach(),
+                "disc_acc": disc_acc, "gen_acc": gen_acc}
+
+    def compile_models(self) -> None:
+        self.generator.compile()
+        self.discriminator.compile()
+
+    def save_pretrained(self, directory: Path) -> None:
+        """The discriminator (the model to fine-tune) in ``directory``, the generator in ``generator/``."""
+        directory = Path(directory)
+        self.discriminator.save_pretrained(directory)
+        _save_tensors(self.discriminator_head.state_dict(), directory / DISCRIMINATOR_HEAD_FILE)
+        self.generator.save_pretrained(directory / GENERATOR_DIR)
+
+    def load_pretrained(self, directory: Path, strict: bool = True) -> None:
+        directory = Path(directory)
+        info = self.discriminator.load_pretrained_state_dict(load_state_dict_from_directory(directory))
+        problems = []
+        if info.missing_keys or info.unexpected_keys:
+            problems.append(f"discriminator: missing {info.missing_keys}, unexpected {info.unexpected_keys}")
+        head = directory / DISCRIMINATOR_HEAD_FILE
+        if head.is_file():
+            from safetensors.torch import load_file
+
+            self.discriminator_head.load_state_dict(load_file(str(head)))
+        elif strict:
+            problems.append(f"no {DISCRIMINATOR_HEAD_FILE}")
+        if (directory / GENERATOR_DIR).is_dir():
+            g = self.generator.load_pretrained_state_dict(load_state_dict_from_directory(directory / GENERATOR_DIR))
+            if g.missing_keys or g.unexpected_keys:
+                problems.append(f"generator: missing {g.missing_keys}, unexpected {g.unexpected_keys}")
+            # The generator's copy of the shared embeddings must not override the discriminator's.
+            self.discriminator.load_pretrained_state_dict(load_state_dict_from_directory(directory))
+        elif strict:
+            problems.append(f"no {GENERATOR_DIR}/ directory")
+        if strict and problems:
+            raise ValueError(f"checkpoint {directory} does not match the ELECTRA model: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+class SequenceClassifier(nn.Module):
+    """ConvBertForSequenceClassification with the objectives' interface."""
+
+    objective = "finetune"
+
+    def __init__(self, model: ConvBertForSequenceClassification):
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self) -> ConvBertConfig:
+        return self.model.config
+
+    @staticmethod
+    def tokens_in(batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def make_batch(self, examples: dict[str, Any], rng: torch.Generator) -> dict[str, torch.Tensor]:
+        return examples
+
+    def forward(self, input_ids, attention_mask, token_type_ids, labels) -> dict[str, torch.Tensor]:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         labels=labels)
+        return {"loss": out.loss}
+
+    def compile_models(self) -> None:
+        self.model.compile()
+
+    def save_pretrained(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+
+    def load_pretrained(self, directory: Path, strict: bool = True) -> None:
+        info = self.model.load_pretrained_state_dict(load_state_dict_from_directory(Path(directory)))
+        if strict and (info.missing_keys or info.unexpected_keys):
+            raise ValueError(f"checkpoint {directory} does not match the model: missing {info.missing_keys}, "
+                             f"unexpected {info.unexpected_keys}")
