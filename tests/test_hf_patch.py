@@ -111,6 +111,15 @@ def assert_same(expected, actual):
         torch.testing.assert_close(actual[key], expected[key], **TOL, msg=lambda m, key=key: f"{key}: {m}")
 
 
+def original_context_and_probs(module, x, mask=None):
+    """The unpatched forward's (context, attention probs) under any transformers version."""
+    import inspect
+
+    if "output_attentions" in inspect.signature(ORIGINAL_FORWARD).parameters:
+        return ORIGINAL_FORWARD(module, x, mask, output_attentions=True)
+    return ORIGINAL_FORWARD(module, x, mask)
+
+
 def num_self_attention(model):
     return sum(isinstance(m, SelfAttention) for m in model.modules())
 
@@ -184,6 +193,20 @@ def test_self_attention_module_returns_what_the_original_returns():
     assert type(actual) is type(expected) and len(actual) == len(expected)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, **TOL)
+
+
+def test_head_mask_through_the_model():
+    """transformers 4.x models take head_mask [layers, heads]; 5.x dropped it."""
+    import inspect
+
+    model = make_model("ConvBertForSequenceClassification").train()
+    if "head_mask" not in inspect.signature(model.forward).parameters:
+        pytest.skip(f"transformers {transformers.__version__} has no head_mask")
+    head_mask = torch.tensor([[1.0, 0.0], [0.5, 1.0]])
+    inputs = dict(make_inputs("ConvBertForSequenceClassification"), head_mask=head_mask, output_attentions=True)
+    expected = run(model, inputs)
+    patch_transformers(model)
+    assert_same(expected, run(model, inputs))
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
@@ -272,7 +295,7 @@ def test_head_mask_and_output_attentions_of_the_4x_signature():
     model = make_model("ConvBertModel").eval()
     module = model.encoder.layer[0].attention.self
     x = torch.randn(BATCH, LENGTH, 48)
-    context, probs = ORIGINAL_FORWARD(module, x)
+    context, probs = original_context_and_probs(module, x)
     forward = hf_patch._make_forward(forward_4x, "auto").__get__(module)
 
     (only_context,) = forward(x, None, None, None, False)
@@ -297,9 +320,10 @@ def test_unknown_signature_falls_back_to_binding_by_name():
     x = torch.randn(BATCH, LENGTH, 48)
     mask = torch.zeros(BATCH, 1, 1, LENGTH)
     mask[1, ..., :2] = -1e9
-    expected = ORIGINAL_FORWARD(module, x, mask)
+    expected = original_context_and_probs(module, x, mask)
     forward = hf_patch._make_forward(odd_forward, "auto").__get__(module)
     actual = forward(x, attention_mask=mask)
+    assert len(actual) == 2
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, **TOL)
     assert len(forward(x, None, mask, output_attentions=False)) == 1
