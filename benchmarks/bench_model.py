@@ -54,7 +54,7 @@ SIZES = {
 COMMON = dict(vocab_size=30522, max_position_embeddings=4096)
 
 PRESETS = {
-    "quick": dict(cpu=dict(size="small", batch=8, seq_len=128, dtype="fp32"),
+    "quick": dict(cpu=dict(size="small", batch=8, seq_len=128, dtype="fp32", repeats=3),
                   cuda=dict(size="base", batch=32, seq_len=512, dtype="bf16")),
     "cpu": dict(cpu=dict(size="small", batch=8, seq_len=512, dtype="fp32")),
     "gpu": dict(cuda=dict(size="base", batch=32, seq_len=512, dtype="bf16")),
@@ -185,8 +185,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--providers", type=lambda s: s.split(","), help="subset, e.g. convbert:eager,hf,hf-patched")
     p.add_argument("--include-interpreted", action="store_true")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first one")
-    p.add_argument("--repeats", type=int, default=5, help="timed steps")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps after the first one (default 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps (default 5)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="JSONL (default benchmarks/results/model-<device>.jsonl)")
     p.add_argument("--no-save", action="store_true")
@@ -199,7 +199,8 @@ def main(argv=None) -> list[dict]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
-    defaults = dict(size="small", batch=8, seq_len=128, dtype="fp32" if device.type == "cpu" else "bf16")
+    defaults = dict(size="small", batch=8, seq_len=128, dtype="fp32" if device.type == "cpu" else "bf16",
+                    warmup=1, repeats=5)
     if args.preset:
         preset = PRESETS[args.preset]
         defaults.update(preset.get(device.type) or preset.get("cuda") or preset.get("cpu"))
