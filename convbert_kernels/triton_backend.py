@@ -2,11 +2,11 @@
 
 Four ops live in the ``convbert`` namespace::
 
-    convbert::triton_span_fwd(query, key_conv, values, weight, bias?, num_heads, padding_mask?)
+    convbert::triton_span_fwd(query, key_conv, values, weight, bias?, num_heads, padding_mask?, save_probs)
         -> (out, probs)
     convbert::triton_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask?)
         -> (d_query, d_key_conv, d_values, d_weight, d_bias)
-    convbert::triton_dynamic_fwd(values, logits, num_heads, padding_mask?) -> (out, probs)
+    convbert::triton_dynamic_fwd(values, logits, num_heads, padding_mask?, save_probs) -> (out, probs)
     convbert::triton_dynamic_bwd(grad_out, values, probs, num_heads, padding_mask?) -> (d_values, d_logits)
 
 Each has a fake (meta) implementation, and the forward ops carry autograd formulas that call the
@@ -40,21 +40,21 @@ _NS = "convbert"
 @torch.library.custom_op(f"{_NS}::triton_span_fwd", mutates_args=())
 def triton_span_fwd(
     query: Tensor, key_conv: Tensor, values: Tensor, weight: Tensor, bias: Optional[Tensor],
-    num_heads: int, padding_mask: Optional[Tensor],
+    num_heads: int, padding_mask: Optional[Tensor], save_probs: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Fused forward; returns ``(out [B, L, C], probs [B, L, n, K] fp32)``."""
-    return _k.span_forward(query, key_conv, values, weight, bias, num_heads, padding_mask)
+    """Fused forward; returns ``(out [B, L, C], probs [B, L, n, K] fp32, or [0] if not saved)``."""
+    return _k.span_forward(query, key_conv, values, weight, bias, num_heads, padding_mask, save_probs)
+
+
+def _probs_like(values, num_heads, kernel_size, save_probs):
+    _, probs_dtype = _k._acc_dtypes(values.dtype)
+    shape = (values.shape[0], values.shape[1], num_heads, kernel_size) if save_probs else (0,)
+    return values.new_empty(shape, dtype=probs_dtype)
 
 
 @triton_span_fwd.register_fake
-def _(query, key_conv, values, weight, bias, num_heads, padding_mask):
-    batch, length, channels = values.shape
-    kernel_size = weight.shape[0] // num_heads
-    _, probs_dtype = _k._acc_dtypes(values.dtype)
-    return (
-        values.new_empty((batch, length, channels)),
-        values.new_empty((batch, length, num_heads, kernel_size), dtype=probs_dtype),
-    )
+def _(query, key_conv, values, weight, bias, num_heads, padding_mask, save_probs=True):
+    return values.new_empty(values.shape), _probs_like(values, num_heads, weight.shape[0] // num_heads, save_probs)
 
 
 @torch.library.custom_op(f"{_NS}::triton_span_bwd", mutates_args=())
@@ -78,7 +78,7 @@ def _(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask)
 
 
 def _span_setup_context(ctx, inputs, output):
-    query, key_conv, values, weight, bias, num_heads, padding_mask = inputs
+    query, key_conv, values, weight, bias, num_heads, padding_mask, _save_probs = inputs
     _out, probs = output
     ctx.save_for_backward(query, key_conv, values, weight, probs, padding_mask)
     ctx.num_heads = num_heads
@@ -86,12 +86,18 @@ def _span_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(probs)
 
 
+def _check_saved(probs):
+    if probs.dim() != 4:
+        raise RuntimeError("convbert triton op: backward needs the forward to run with save_probs=True")
+
+
 def _span_backward(ctx, grad_out, _grad_probs):
     query, key_conv, values, weight, probs, padding_mask = ctx.saved_tensors
+    _check_saved(probs)
     d_query, d_key_conv, d_values, d_weight, d_bias = triton_span_bwd(
         grad_out, query, key_conv, values, weight, probs, ctx.num_heads, padding_mask
     )
-    return d_query, d_key_conv, d_values, d_weight, (d_bias if ctx.has_bias else None), None, None
+    return d_query, d_key_conv, d_values, d_weight, (d_bias if ctx.has_bias else None), None, None, None
 
 
 triton_span_fwd.register_autograd(_span_backward, setup_context=_span_setup_context)
@@ -102,21 +108,15 @@ triton_span_fwd.register_autograd(_span_backward, setup_context=_span_setup_cont
 
 @torch.library.custom_op(f"{_NS}::triton_dynamic_fwd", mutates_args=())
 def triton_dynamic_fwd(
-    values: Tensor, logits: Tensor, num_heads: int, padding_mask: Optional[Tensor]
+    values: Tensor, logits: Tensor, num_heads: int, padding_mask: Optional[Tensor], save_probs: bool = True
 ) -> tuple[Tensor, Tensor]:
-    """Forward from given logits; returns ``(out [B, L, C], probs [B, L, n, K] fp32)``."""
-    return _k.dynamic_forward(values, logits, num_heads, padding_mask)
+    """Forward from given logits; returns ``(out [B, L, C], probs [B, L, n, K] fp32, or [0])``."""
+    return _k.dynamic_forward(values, logits, num_heads, padding_mask, save_probs)
 
 
 @triton_dynamic_fwd.register_fake
-def _(values, logits, num_heads, padding_mask):
-    batch, length, channels = values.shape
-    kernel_size = logits.shape[2] // num_heads
-    _, probs_dtype = _k._acc_dtypes(values.dtype)
-    return (
-        values.new_empty((batch, length, channels)),
-        values.new_empty((batch, length, num_heads, kernel_size), dtype=probs_dtype),
-    )
+def _(values, logits, num_heads, padding_mask, save_probs=True):
+    return values.new_empty(values.shape), _probs_like(values, num_heads, logits.shape[2] // num_heads, save_probs)
 
 
 @torch.library.custom_op(f"{_NS}::triton_dynamic_bwd", mutates_args=())
@@ -137,7 +137,7 @@ def _(grad_out, values, probs, num_heads, padding_mask):
 
 
 def _dynamic_setup_context(ctx, inputs, output):
-    values, _logits, num_heads, padding_mask = inputs
+    values, _logits, num_heads, padding_mask, _save_probs = inputs
     _out, probs = output
     ctx.save_for_backward(values, probs, padding_mask)
     ctx.num_heads = num_heads
@@ -146,8 +146,9 @@ def _dynamic_setup_context(ctx, inputs, output):
 
 def _dynamic_backward(ctx, grad_out, _grad_probs):
     values, probs, padding_mask = ctx.saved_tensors
+    _check_saved(probs)
     d_values, d_logits = triton_dynamic_bwd(grad_out, values, probs, ctx.num_heads, padding_mask)
-    return d_values, d_logits, None, None
+    return d_values, d_logits, None, None, None
 
 
 triton_dynamic_fwd.register_autograd(_dynamic_backward, setup_context=_dynamic_setup_context)
@@ -156,14 +157,19 @@ triton_dynamic_fwd.register_autograd(_dynamic_backward, setup_context=_dynamic_s
 # ---- the backend ------------------------------------------------------------------------------
 
 
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_mask=None):
     """``span_dynamic_conv`` through the fused Triton kernels (inputs already validated)."""
-    return triton_span_fwd(query, key_conv, values, weight, bias, num_heads, padding_mask)[0]
+    save = _needs_grad(query, key_conv, values, weight, bias)
+    return triton_span_fwd(query, key_conv, values, weight, bias, num_heads, padding_mask, save)[0]
 
 
 def dynamic_conv(values, logits, num_heads, padding_mask=None):
     """``dynamic_conv`` through the Triton kernels (inputs already validated)."""
-    return triton_dynamic_fwd(values, logits, num_heads, padding_mask)[0]
+    return triton_dynamic_fwd(values, logits, num_heads, padding_mask, _needs_grad(values, logits))[0]
 
 
 _CUDA = torch.cuda.is_available()

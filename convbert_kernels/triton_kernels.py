@@ -32,7 +32,8 @@ Save versus recompute: the forward saves the softmax probabilities ([B, L, n, K]
 per token at base dims, about 9% of the forward's 2.3 KB). Recomputing them would need the
 full A-reduction before any gradient can be formed, i.e. a second pass over query and key_conv
 in the backward (1.5 KB per token at base, bf16) plus the projection again; saving is both
-simpler and, by this byte count, cheaper. (Not yet measured on a GPU.)
+simpler and, by this byte count, cheaper. (Not yet measured on a GPU.) When no input needs a
+gradient the probabilities are not written at all (``SAVE_PROBS=False``).
 
 64-bit offsets: when any tensor spans more than 2^31 - 1 elements (``B * L * C > 2^31`` etc.)
 the kernels are specialised with ``INT64=True`` and compute every offset in int64.
@@ -65,7 +66,7 @@ def _fwd_kernel(
     s_qb, s_ql, s_qa, s_kb, s_kl, s_ka, s_wr, s_wa,
     s_gb, s_gl, s_gc, s_vb, s_vl, s_vc, s_mb, s_ml,
     K: tl.constexpr, FUSED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, N_PAD: tl.constexpr, K_PAD: tl.constexpr,
+    SAVE_PROBS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, N_PAD: tl.constexpr, K_PAD: tl.constexpr,
     D_PAD: tl.constexpr, INT64: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
 ):
     P: tl.constexpr = (K - 1) // 2
@@ -123,8 +124,9 @@ def _fwd_kernel(
     p = e / den[:, :, None]
 
     row = b * L + offs_t  # row of the contiguous outputs
-    tl.store(probs_ptr + row[:, None, None] * (H * K) + h3 * K + k3, p,
-             mask=t_ok[:, None, None] & valid3)
+    if SAVE_PROBS:
+        tl.store(probs_ptr + row[:, None, None] * (H * K) + h3 * K + k3, p,
+                 mask=t_ok[:, None, None] & valid3)
 
     # weighted window sum; the K shifted value tiles overlap, so after the first the reloads
     # hit L1/L2 rather than DRAM
@@ -380,14 +382,15 @@ def _num_programs_hint(device: torch.device) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_mask):
+def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_mask, save_probs):
     batch, length, channels = values.shape
     fused = logits is None
     kernel_size = (weight.shape[0] if fused else logits.shape[2]) // num_heads
     head_size = channels // num_heads
     acc_tl, acc_torch = _acc_dtypes(values.dtype)
     out = torch.empty((batch, length, channels), dtype=values.dtype, device=values.device)
-    probs = torch.empty((batch, length, num_heads, kernel_size), dtype=acc_torch, device=values.device)
+    probs_shape = (batch, length, num_heads, kernel_size) if save_probs else (0,)
+    probs = torch.empty(probs_shape, dtype=acc_torch, device=values.device)
     if out.numel() == 0:
         return out, probs
 
@@ -413,7 +416,7 @@ def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_m
         q, kc, w, bias if bias is not None else values, lg, values, mask_t, out, probs,
         length, a_dim, channels, num_heads, head_size, tiles,
         *q_strides, *kc_strides, *w_strides, *lg_strides, *values.stride(), s_mb, s_ml,
-        K=kernel_size, FUSED=fused, HAS_BIAS=bias is not None, HAS_MASK=has_mask,
+        K=kernel_size, FUSED=fused, HAS_BIAS=bias is not None, HAS_MASK=has_mask, SAVE_PROBS=save_probs,
         BLOCK_T=block_t, BLOCK_A=block_a, N_PAD=n_pad, K_PAD=k_pad, D_PAD=d_pad,
         INT64=int64, PREC=_dot_precision(values.dtype), ACC=acc_tl,
         num_warps=num_warps,
@@ -421,23 +424,25 @@ def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_m
     return out, probs
 
 
-def span_forward(query, key_conv, values, weight, bias, num_heads, padding_mask):
+def span_forward(query, key_conv, values, weight, bias, num_heads, padding_mask, save_probs=True):
     """Fused forward of ``span_dynamic_conv``.
 
     Args:
         query, key_conv: ``[B, L, A]``; values: ``[B, L, C]``; weight: ``[n*K, A]``;
         bias: ``[n*K]`` or None; padding_mask: bool ``[B, L]`` or None. Any strides.
+        save_probs: write the probabilities for a backward pass (skip it for inference).
 
     Returns:
         ``(out, probs)``: ``out`` ``[B, L, C]`` in the input dtype (contiguous) and the softmaxed
-        taps ``probs`` ``[B, L, n, K]`` in fp32 (fp64 for fp64 inputs), kept for the backward.
+        taps ``probs`` ``[B, L, n, K]`` in fp32 (fp64 for fp64 inputs), kept for the backward;
+        ``probs`` is an empty ``[0]`` tensor when ``save_probs`` is False.
     """
-    return _forward(query, key_conv, values, weight, bias, None, num_heads, padding_mask)
+    return _forward(query, key_conv, values, weight, bias, None, num_heads, padding_mask, save_probs)
 
 
-def dynamic_forward(values, logits, num_heads, padding_mask):
+def dynamic_forward(values, logits, num_heads, padding_mask, save_probs=True):
     """Forward of ``dynamic_conv`` from given logits ``[B, L, n*K]``; returns ``(out, probs)``."""
-    return _forward(None, None, values, None, None, logits, num_heads, padding_mask)
+    return _forward(None, None, values, None, None, logits, num_heads, padding_mask, save_probs)
 
 
 def window_backward(grad_out, values, probs, num_heads, padding_mask, d_logits_dtype):

@@ -220,6 +220,7 @@ def test_opcheck():
     span_args = (inputs.query, inputs.key_conv, inputs.values, inputs.weight, inputs.bias, 2, inputs.padding_mask)
     torch.library.opcheck(tb.triton_span_fwd, span_args)
     torch.library.opcheck(tb.triton_span_fwd, span_args[:4] + (None, 2, None))
+    torch.library.opcheck(tb.triton_span_fwd, tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in span_args) + (False,))
     _out, probs = tb.triton_span_fwd(*span_args)
     g = torch.randn(2, 5, 6)
     plain = [t.detach() for t in span_args[:4]]
@@ -229,6 +230,22 @@ def test_opcheck():
     torch.library.opcheck(tb.triton_dynamic_fwd, (inputs.values, logits, 2, inputs.padding_mask))
     _out, probs = tb.triton_dynamic_fwd(inputs.values, logits, 2, None)
     torch.library.opcheck(tb.triton_dynamic_bwd, (g, inputs.values.detach(), probs, 2, None))
+    torch.library.opcheck(tb.triton_dynamic_fwd, (inputs.values.detach(), logits.detach(), 2, None, False))
+
+
+@interpreter
+def test_inference_skips_probs():
+    from convbert_kernels import triton_backend as tb
+
+    inputs = make_span_inputs(2, 7, 10, 12, 3, 5, with_mask=True)
+    args = (*inputs.tensors(), 3)
+    with torch.no_grad():
+        out = ck.span_dynamic_conv(*args, padding_mask=inputs.padding_mask, backend="triton")
+        ref = ck.span_dynamic_conv(*(t.double() for t in inputs.tensors()), 3, padding_mask=inputs.padding_mask,
+                                   backend="reference")
+        _, probs = tb.triton_span_fwd(*args, inputs.padding_mask, False)
+    assert probs.numel() == 0
+    assert_close_to(out, ref, torch.float32, "no-grad forward")
 
 
 @interpreter
@@ -274,6 +291,8 @@ TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 def build(fn, ptrs, consts, num_warps, int64):
+    missing = [p.name for p in fn.params if p.is_constexpr and p.name not in consts]
+    assert not missing, f"constexpr arguments not given: {missing}"
     sig = {}
     for name in fn.arg_names:
         sig[name] = "constexpr" if name in consts else ("*" + ptrs[name]) if name in ptrs else ("i64" if int64 else "i32")
@@ -291,7 +310,7 @@ for (a_dim, channels, heads, taps, dtype, int64) in [
     block_a = k._proj_block_a(a_dim, n_pad * k_pad, block_t)
     prec = k._dot_precision(dtype)
     build(k._fwd_kernel, dict(q_ptr=t, kc_ptr=t, w_ptr=t, bias_ptr=t, logits_ptr=t, v_ptr=t, mask_ptr="u8", out_ptr=t, probs_ptr="fp32"),
-          dict(K=taps, FUSED=True, HAS_BIAS=True, HAS_MASK=True, BLOCK_T=block_t, BLOCK_A=block_a, N_PAD=n_pad,
+          dict(K=taps, FUSED=True, HAS_BIAS=True, HAS_MASK=True, SAVE_PROBS=True, BLOCK_T=block_t, BLOCK_A=block_a, N_PAD=n_pad,
                K_PAD=k_pad, D_PAD=d_pad, INT64=int64, PREC=prec, ACC=acc_tl), warps, int64)
     build(k._bwd_window_kernel, dict(g_ptr=t, v_ptr=t, probs_ptr="fp32", mask_ptr="u8", dv_ptr=t, dl_ptr="fp32"),
           dict(K=taps, HAS_MASK=True, BLOCK_T=block_t, N_PAD=n_pad, K_PAD=k_pad, D_PAD=d_pad, INT64=int64, ACC=acc_tl),
