@@ -88,8 +88,11 @@ class ConvBertEmbeddings(nn.Module):
 
 
 def _check_ids(name: str, ids: torch.Tensor, upper: int) -> None:
-    """Out-of-range ids would index garbage (or assert inside a CUDA kernel): fail clearly."""
-    if ids.numel() == 0:
+    """Out-of-range ids would index garbage (or assert inside a CUDA kernel): fail clearly.
+
+    Skipped under torch.compile, where a data-dependent branch cannot be traced into one graph.
+    """
+    if ids.numel() == 0 or torch.compiler.is_compiling():
         return
     low, high = torch.aminmax(ids)
     if low.item() < 0 or high.item() >= upper:
@@ -300,6 +303,7 @@ class ConvBertPreTrainedModel(PreTrainedMixin, nn.Module):
         if not isinstance(config, ConvBertConfig):
             raise TypeError(f"config must be a ConvBertConfig, got {type(config).__name__}")
         self.config = config
+        convbert_kernels.load_backends()  # so torch.compile never has to import one mid-trace
 
     def post_init(self) -> None:
         self.apply(self._init_weights)
@@ -562,7 +566,8 @@ class ConvBertForSequenceClassification(ConvBertPreTrainedModel):
                 return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
             return F.mse_loss(logits, labels.to(logits.dtype))
         if config.problem_type == "single_label_classification":
-            if labels.numel() and (labels.max() >= self.num_labels or labels.min() < -100):
+            if labels.numel() and not torch.compiler.is_compiling() and (
+                    labels.max() >= self.num_labels or labels.min() < -100):
                 raise ValueError(f"labels must lie in [0, {self.num_labels}) (or be -100), got max {labels.max().item()}")
             return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
         if config.problem_type == "multi_label_classification":

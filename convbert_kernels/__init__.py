@@ -11,13 +11,14 @@ multiply-adds in PyTorch), ``"triton"`` (fused Triton kernels) and ``"native"`` 
 extension), each present when it can run on the device at hand.
 """
 
-from .backends import available_backends, backend_load_error
+from .backends import available_backends, backend_load_error, load_backends
 from .hf_patch import patch_transformers, unpatch_transformers  # imports transformers only when called
 from .ops import dynamic_conv, span_dynamic_conv
 
 __all__ = [
     "available_backends",
     "backend_load_error",
+    "load_backends",
     "dynamic_conv",
     "patch_transformers",
     "span_dynamic_conv",

@@ -51,6 +51,12 @@ _load_errors: dict[str, str] = {}
 
 def _load(name: str) -> Backend | None:
     if name not in _loaded:
+        if torch.compiler.is_compiling():
+            # Dynamo cannot trace an import; the model preloads its backends at construction.
+            raise RuntimeError(
+                f"convbert_kernels backend {name!r} was first needed inside torch.compile; call "
+                "convbert_kernels.load_backends() once before compiling"
+            )
         try:
             module = importlib.import_module(_BACKEND_MODULES[name])
             _loaded[name] = module.BACKEND
@@ -58,6 +64,16 @@ def _load(name: str) -> Backend | None:
             _loaded[name] = None
             _load_errors[name] = f"{type(exc).__name__}: {exc}"
     return _loaded[name]
+
+
+def load_backends() -> None:
+    """Import every backend now (Triton, the native extension) rather than on first use.
+
+    Needed before ``torch.compile`` traces a call to the ops, since tracing cannot import
+    modules; the ConvBERT models call it when they are built.
+    """
+    for name in _BACKEND_MODULES:
+        _load(name)
 
 
 def backend_load_error(name: str) -> str | None:

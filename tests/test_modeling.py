@@ -191,3 +191,21 @@ def test_inputs_embeds_path_matches_ids():
     x = ids()
     torch.testing.assert_close(model(inputs_embeds=model.get_input_embeddings()(x)).last_hidden_state,
                                model(x).last_hidden_state)
+
+
+def test_torch_compile_fullgraph_in_a_fresh_process():
+    """Backends load when the model is built, so the first compiled call needs no import mid-trace."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, convbert\n"
+        f"config = convbert.ConvBertConfig(**{SMALL!r})\n"
+        "model = convbert.ConvBertForMaskedLM(config).eval()\n"
+        "x = torch.randint(0, 50, (2, 10))\n"
+        "compiled = torch.compile(model, fullgraph=True, backend='aot_eager')\n"
+        "torch.testing.assert_close(compiled(x).logits, model(x).logits)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
