@@ -28,12 +28,12 @@ struct DeviceKernels {
   void (*forward)(const Tensor&, const Tensor&, const Tensor&, int64_t, Tensor&, Tensor&);
   void (*backward)(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, Tensor&,
                    Tensor&);
-  std::tuple<Tensor, Tensor> (*weight_grad)(const Tensor&, const Tensor&, const Tensor&);
+  ParamGradsFn param_grads;
 };
 
-constexpr DeviceKernels kCpuKernels{window_forward_cpu, window_backward_cpu, weight_grad_cpu};
+constexpr DeviceKernels kCpuKernels{window_forward_cpu, window_backward_cpu, param_grads_cpu};
 #ifdef CONVBERT_WITH_CUDA
-constexpr DeviceKernels kCudaKernels{window_forward_cuda, window_backward_cuda, weight_grad_cuda};
+constexpr DeviceKernels kCudaKernels{window_forward_cuda, window_backward_cuda, param_grads_cuda};
 #endif
 
 void check_float(const Tensor& t, const char* name) {
@@ -146,7 +146,9 @@ std::tuple<Tensor, Tensor> span_dynamic_conv_fwd(const DeviceKernels& k, const T
   // The A -> n*K projection, in the accumulation dtype (a GEMM; the rest is the window kernel).
   const Tensor ca = (query.to(acc) * key_conv.to(acc)).reshape({B * L, A});
   const Tensor w = weight.to(acc);
-  Tensor logits = (bias.has_value() && bias->defined()) ? at::addmm(bias->to(acc), ca, w.t()) : at::mm(ca, w.t());
+  // mm + add_ rather than addmm: MKL's addmm with a broadcast bias is several times slower here.
+  Tensor logits = at::mm(ca, w.t());
+  if (bias.has_value() && bias->defined()) logits.add_(bias->to(acc));
   logits = logits.view({B, L, R});
   Tensor out = at::empty_like(v);
   Tensor probs = at::empty({B, L, R}, v.options().dtype(acc));
@@ -176,10 +178,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_dynamic_conv_bwd(
   const Tensor dl = d_logits.view({B * L, R});
   const Tensor q = query.contiguous().view({B * L, A});
   const Tensor kc = key_conv.contiguous().view({B * L, A});
-  const Tensor d_ca = at::mm(dl, weight.to(acc));  // [N, A]
-  Tensor d_query = (d_ca * kc.to(acc)).to(dtype).view({B, L, A});
-  Tensor d_key_conv = (d_ca * q.to(acc)).to(dtype).view({B, L, A});
-  auto [d_weight, d_bias] = k.weight_grad(dl, q, kc);
+  Tensor d_query = at::empty({B * L, A}, q.options());
+  Tensor d_key_conv = at::empty({B * L, A}, q.options());
+  auto [d_weight, d_bias] = k.param_grads(dl, q, kc, weight.to(acc).contiguous(), d_query, d_key_conv);
+  d_query = d_query.view({B, L, A});
+  d_key_conv = d_key_conv.view({B, L, A});
   return {d_query, d_key_conv, d_values, d_weight.to(dtype), d_bias.to(dtype)};
 }
 

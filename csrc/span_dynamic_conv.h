@@ -38,11 +38,18 @@ void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_prob
                          const at::Tensor& probs, const at::Tensor& mask, int64_t num_heads,
                          at::Tensor& d_values, at::Tensor& d_logits);
 
-// Weight and bias gradient of logits = (query * key_conv) @ weight^T + bias:
-// returns (d_weight [R, A], d_bias [R]) in the accumulation dtype, from d_logits [N, R] (acc dtype)
-// and query, key_conv [N, A] (input dtype). Deterministic: fixed token tiles, fixed-order sums.
-std::tuple<at::Tensor, at::Tensor> weight_grad_cpu(const at::Tensor& d_logits, const at::Tensor& query,
-                                                   const at::Tensor& key_conv);
+// Gradients of logits = (query * key_conv) @ weight^T + bias with respect to everything but the
+// window: from d_logits [N, R] (acc dtype), query, key_conv [N, A] (input dtype) and weight_acc
+// [R, A] (acc dtype), writes d_query and d_key_conv ([N, A], input dtype, preallocated) and returns
+// (d_weight [R, A], d_bias [R]) in the acc dtype. The weight/bias reduction is deterministic:
+// fixed token tiles produce partials that are added in tile order (no dependence on threads).
+using ParamGradsFn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& d_logits, const at::Tensor& query,
+                                                            const at::Tensor& key_conv, const at::Tensor& weight_acc,
+                                                            at::Tensor& d_query, at::Tensor& d_key_conv);
+
+std::tuple<at::Tensor, at::Tensor> param_grads_cpu(const at::Tensor& d_logits, const at::Tensor& query,
+                                                   const at::Tensor& key_conv, const at::Tensor& weight_acc,
+                                                   at::Tensor& d_query, at::Tensor& d_key_conv);
 
 #ifdef CONVBERT_WITH_CUDA
 void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,
@@ -50,8 +57,9 @@ void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, con
 void window_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_probs, const at::Tensor& values,
                           const at::Tensor& probs, const at::Tensor& mask, int64_t num_heads,
                           at::Tensor& d_values, at::Tensor& d_logits);
-std::tuple<at::Tensor, at::Tensor> weight_grad_cuda(const at::Tensor& d_logits, const at::Tensor& query,
-                                                    const at::Tensor& key_conv);
+std::tuple<at::Tensor, at::Tensor> param_grads_cuda(const at::Tensor& d_logits, const at::Tensor& query,
+                                                    const at::Tensor& key_conv, const at::Tensor& weight_acc,
+                                                    at::Tensor& d_query, at::Tensor& d_key_conv);
 #endif
 
 }  // namespace convbert_kernels

@@ -157,16 +157,18 @@ void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_prob
   });
 }
 
-// d_weight = sum over tokens of d_logits[t]^T (query * key_conv)[t], d_bias = sum of d_logits[t].
-// Fixed tiles of kWeightTile tokens each produce a partial (one single-threaded GEMM per tile,
-// inside the parallel region), and the partials are added in tile order: the result does not
-// depend on the number of threads or on which thread ran which tile.
-std::tuple<at::Tensor, at::Tensor> weight_grad_cpu(const at::Tensor& d_logits, const at::Tensor& query,
-                                                   const at::Tensor& key_conv) {
-  constexpr int64_t kWeightTile = 256;
+// Per fixed tile of kParamTile tokens (so the tile's rows stay in cache): d_ca = d_logits @ W,
+// d_query = d_ca * key_conv, d_key_conv = d_ca * query, and the tile's partial
+// d_weight = d_logits^T (query * key_conv), d_bias = column sums of d_logits. The GEMMs are
+// single-threaded MKL calls inside the parallel region; the partials are added in tile order,
+// so the result does not depend on the number of threads or on which thread ran which tile.
+std::tuple<at::Tensor, at::Tensor> param_grads_cpu(const at::Tensor& d_logits, const at::Tensor& query,
+                                                   const at::Tensor& key_conv, const at::Tensor& weight_acc,
+                                                   at::Tensor& d_query, at::Tensor& d_key_conv) {
+  constexpr int64_t kParamTile = 256;
   const int64_t N = d_logits.size(0), R = d_logits.size(1), A = query.size(1);
   const auto acc = d_logits.scalar_type();
-  const int64_t tiles = std::max<int64_t>(1, (N + kWeightTile - 1) / kWeightTile);
+  const int64_t tiles = std::max<int64_t>(1, (N + kParamTile - 1) / kParamTile);
   at::Tensor dw_part = at::zeros({tiles, R, A}, d_logits.options());
   at::Tensor db_part = at::zeros({tiles, R}, d_logits.options());
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
@@ -174,12 +176,22 @@ std::tuple<at::Tensor, at::Tensor> weight_grad_cpu(const at::Tensor& d_logits, c
     // autograd there too (the saved inputs may require grad).
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t n0 = tile * kWeightTile, len = std::min(N, n0 + kWeightTile) - n0;
+      const int64_t n0 = tile * kParamTile, len = std::min(N, n0 + kParamTile) - n0;
       if (len <= 0) continue;
-      at::Tensor dl = d_logits.narrow(0, n0, len);
-      at::Tensor ca = query.narrow(0, n0, len).to(acc) * key_conv.narrow(0, n0, len).to(acc);
+      const at::Tensor dl = d_logits.narrow(0, n0, len);
+      const at::Tensor q = query.narrow(0, n0, len).to(acc);
+      const at::Tensor kc = key_conv.narrow(0, n0, len).to(acc);
+      const at::Tensor d_ca = at::mm(dl, weight_acc);
+      at::Tensor dq = d_query.narrow(0, n0, len), dkc = d_key_conv.narrow(0, n0, len);
+      if (dq.scalar_type() == acc) {  // straight into the output, no temporary
+        at::mul_out(dq, d_ca, kc);
+        at::mul_out(dkc, d_ca, q);
+      } else {
+        dq.copy_(d_ca * kc);
+        dkc.copy_(d_ca * q);
+      }
       at::Tensor dw_out = dw_part.select(0, tile);
-      at::mm_out(dw_out, dl.t(), ca);
+      at::mm_out(dw_out, dl.t(), q * kc);
       db_part.select(0, tile).copy_(dl.sum(0));
     }
   });

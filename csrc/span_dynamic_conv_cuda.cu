@@ -340,10 +340,18 @@ void window_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_pro
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> weight_grad_cuda(const at::Tensor& d_logits, const at::Tensor& query,
-                                                    const at::Tensor& key_conv) {
+std::tuple<at::Tensor, at::Tensor> param_grads_cuda(const at::Tensor& d_logits, const at::Tensor& query,
+                                                    const at::Tensor& key_conv, const at::Tensor& weight_acc,
+                                                    at::Tensor& d_query, at::Tensor& d_key_conv) {
   const int64_t N = d_logits.size(0), R = d_logits.size(1), A = query.size(1);
   const auto opts = d_logits.options();
+  const auto acc = d_logits.scalar_type();
+  if (N > 0) {
+    // d_ca = d_logits @ W (a GEMM), then the two elementwise products.
+    const at::Tensor d_ca = at::mm(d_logits, weight_acc);
+    d_query.copy_(d_ca * key_conv.to(acc));
+    d_key_conv.copy_(d_ca * query.to(acc));
+  }
   if (N == 0) return {at::zeros({R, A}, opts), at::zeros({R}, opts)};
   TORCH_CHECK(R < (int64_t{1} << 31) && A < (int64_t{1} << 31) - 1, "weight too large for the CUDA kernel");
   c10::cuda::CUDAGuard guard(d_logits.device());
@@ -354,7 +362,7 @@ std::tuple<at::Tensor, at::Tensor> weight_grad_cuda(const at::Tensor& d_logits, 
   const int64_t splits = (N + per_split - 1) / per_split;
   at::Tensor partial = at::empty({splits, R, A + 1}, opts);
   at::Tensor total = at::empty({R, A + 1}, opts);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "weight_grad_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "param_grads_cuda", [&] {
     using acc_t = acc_of<scalar_t>;
     TORCH_CHECK(d_logits.scalar_type() == c10::CppTypeToScalarType<acc_t>::value, "d_logits must be the acc dtype");
     const dim3 grid(static_cast<unsigned>((A + 1 + 31) / 32), static_cast<unsigned>((R + 31) / 32),
