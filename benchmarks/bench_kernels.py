@@ -119,7 +119,9 @@ def _compiled_eager():
 
     # The backward mode replays one graph with retain_graph=True, which compiled backwards with
     # donated buffers refuse; donation only saves memory, the kernels stay the same.
-    torch._functorch.config.donated_buffer = False
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
     return torch.compile(eager.span_dynamic_conv)
 
 

@@ -56,7 +56,7 @@ COMMON = dict(vocab_size=30522, max_position_embeddings=4096)
 PRESETS = {
     "quick": dict(cpu=dict(size="small", batch=8, seq_len=128, dtype="fp32", repeats=3),
                   cuda=dict(size="base", batch=32, seq_len=512, dtype="bf16")),
-    "cpu": dict(cpu=dict(size="small", batch=8, seq_len=512, dtype="fp32")),
+    "cpu": dict(cpu=dict(size="small", batch=8, seq_len=256, dtype="fp32", repeats=3)),
     "gpu": dict(cuda=dict(size="base", batch=32, seq_len=512, dtype="bf16")),
     "test": dict(cpu=dict(size="tiny", batch=2, seq_len=64, dtype="fp32"),
                  cuda=dict(size="tiny", batch=2, seq_len=64, dtype="fp32")),

@@ -3,8 +3,12 @@
 Timing
     CUDA: ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls, warm-up and
     repetitions sized by time), quantiles 0.5 / 0.2 / 0.8. Without triton: CUDA events around
-    each call. CPU: ``time.perf_counter`` around each call after warm-up calls, ``repeats`` calls
-    (and at least ``min_time_s`` of them), median / 20th / 80th percentile.
+    each call. CPU: a clock read around each call after warm-up calls, ``repeats`` calls (and
+    more until ``min_time_s``), median / 20th / 80th percentile. The clock is the wall clock
+    (``time.perf_counter``) when PyTorch runs several threads, and the calling thread's CPU time
+    (``time.thread_time``) when it runs one (``torch.set_num_threads(1)``): every op then runs on
+    the calling thread, so that clock measures the same work but ignores the time the thread
+    waits for a core on a shared machine. Rows say which (``clock``: ``wall`` or ``thread``).
 
 Peak memory (bytes above what was allocated before the measured call)
     CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``.
@@ -140,10 +144,19 @@ def _reset_grads(tensors: Sequence[torch.Tensor] | None) -> None:
         t.grad = None
 
 
+def cpu_clock(clock: str = "auto") -> tuple[str, Callable[[], float]]:
+    """("wall", perf_counter) or ("thread", thread_time); "auto": thread when torch runs one thread."""
+    if clock == "auto":
+        clock = "thread" if torch.get_num_threads() == 1 else "wall"
+    return clock, {"wall": time.perf_counter, "thread": time.thread_time}[clock]
+
+
 def time_cpu(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7, min_time_s: float = 0.0,
-             max_time_s: float = 60.0, grad_to_none: Sequence[torch.Tensor] | None = None) -> dict:
-    """Wall time of ``fn()`` per call, in ms: ``warmup`` untimed calls, then at least ``repeats``
-    timed ones (more while ``min_time_s`` is not reached, never past ``max_time_s``)."""
+             max_time_s: float = 60.0, grad_to_none: Sequence[torch.Tensor] | None = None,
+             clock: str = "auto") -> dict:
+    """Time of ``fn()`` per call, in ms: ``warmup`` untimed calls, then at least ``repeats``
+    timed ones (more while ``min_time_s`` of wall time is not reached, never past ``max_time_s``)."""
+    clock, now = cpu_clock(clock)
     for _ in range(warmup):
         _reset_grads(grad_to_none)
         fn()
@@ -151,12 +164,12 @@ def time_cpu(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7, min
     start = time.perf_counter()
     while len(times) < repeats or (time.perf_counter() - start < min_time_s):
         _reset_grads(grad_to_none)
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append((now() - t0) * 1e3)
         if time.perf_counter() - start > max_time_s and len(times) >= 3:
             break
-    return summarize(times)
+    return dict(summarize(times), clock=clock)
 
 
 def time_cuda(fn: Callable[[], object], *, warmup_ms: int = 25, rep_ms: int = 100,
@@ -169,7 +182,7 @@ def time_cuda(fn: Callable[[], object], *, warmup_ms: int = 25, rep_ms: int = 10
     if do_bench is not None:
         median, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none,
                                     quantiles=list(QUANTILES))
-        return {"median_ms": median, "p20_ms": p20, "p80_ms": p80, "reps": None}
+        return {"median_ms": median, "p20_ms": p20, "p80_ms": p80, "reps": None, "clock": "cuda-events"}
     return time_cuda_events(fn, warmup=5, repeats=max(10, rep_ms // 5), grad_to_none=grad_to_none)
 
 
@@ -190,7 +203,7 @@ def time_cuda_events(fn: Callable[[], object], *, warmup: int = 3, repeats: int 
         end.record()
         pairs.append((start, end))
     torch.cuda.synchronize()
-    return summarize(s.elapsed_time(e) for s, e in pairs)
+    return dict(summarize(s.elapsed_time(e) for s, e in pairs), clock="cuda-events")
 
 
 def time_fn(fn: Callable[[], object], device: torch.device | str, *, grad_to_none=None, long_calls=False,

@@ -118,52 +118,75 @@ def model_table(rows: list[dict], baseline: str = "hf") -> str:
     return "\n\n".join(out)
 
 
-def plot_kernels(rows: list[dict], out_dir: Path, stem: str) -> list[Path]:
+def _draw(rows, x_key, x_label, title, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in kernel_rows(rows) if "error" not in r]
+    xs = sorted({r[x_key] for r in rows})
+    modes = [m for m in MODE_ORDER if any(r["mode"] == m for r in rows)]
+    fig, axes = plt.subplots(2, len(modes), figsize=(4.2 * len(modes), 7), squeeze=False)
+    for j, mode in enumerate(modes):
+        for p in sorted({r["provider"] for r in rows}, key=_provider_rank):
+            pts = sorted((r for r in rows if r["mode"] == mode and r["provider"] == p), key=lambda r: r[x_key])
+            if not pts:
+                continue
+            x = [r[x_key] for r in pts]
+            (line,) = axes[0][j].plot(x, [r["median_ms"] for r in pts], marker="o", label=p)
+            axes[0][j].fill_between(x, [r["p20_ms"] for r in pts], [r["p80_ms"] for r in pts],
+                                    color=line.get_color(), alpha=0.2)
+            axes[1][j].plot(x, [r["peak_bytes"] / 2**20 for r in pts], marker="o", label=p)
+        axes[0][j].set_title(MODE_TITLE[mode])
+        for i, ylabel in enumerate(("time, ms (median, p20-p80 band)", "peak memory of one call, MiB")):
+            ax = axes[i][j]
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xticks(xs, [str(x) for x in xs])
+            ax.set_xlabel(x_label)
+            ax.grid(True, which="both", alpha=0.3)
+            if j == 0:
+                ax.set_ylabel(ylabel)
+    axes[0][0].legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_kernels(rows: list[dict], out_dir: Path, stem: str) -> list[Path]:
+    """Per (device, dtype, A, C, n, K): time and memory against L (at the batch with the most
+    lengths) -> ``<stem>[-<dims>].png``, and against B (at the length with the most batches)
+    -> ``<stem>[-<dims>]-batch.png`` when there is a batch sweep."""
+    rows = [r for r in kernel_rows(rows) if "error" not in r and "median_ms" in r]
     groups = defaultdict(list)
     for r in rows:
-        groups[(r["device"], r["dtype"], r["batch"], r["A"], r["C"], r["heads"], r["K"])].append(r)
+        groups[(r["device"], r["dtype"], r["A"], r["C"], r["heads"], r["K"])].append(r)
     paths = []
-    for (device, dtype, B, A, C, n, K), rs in sorted(groups.items()):
-        lens = sorted({r["seq_len"] for r in rs})
-        if len(lens) < 2:
-            continue  # a batch-sweep point: nothing to draw against L
-        modes = [m for m in MODE_ORDER if any(r["mode"] == m for r in rs)]
-        fig, axes = plt.subplots(2, len(modes), figsize=(4.2 * len(modes), 7), squeeze=False)
-        for j, mode in enumerate(modes):
-            for p in sorted({r["provider"] for r in rs}, key=_provider_rank):
-                pts = sorted((r for r in rs if r["mode"] == mode and r["provider"] == p), key=lambda r: r["seq_len"])
-                if not pts:
-                    continue
-                x = [r["seq_len"] for r in pts]
-                (line,) = axes[0][j].plot(x, [r["median_ms"] for r in pts], marker="o", label=p)
-                axes[0][j].fill_between(x, [r["p20_ms"] for r in pts], [r["p80_ms"] for r in pts],
-                                        color=line.get_color(), alpha=0.2)
-                axes[1][j].plot(x, [r["peak_bytes"] / 2**20 for r in pts], marker="o", label=p)
-            axes[0][j].set_title(MODE_TITLE[mode])
-            for i, ylabel in enumerate(("time, ms (median, p20-p80)", "peak memory, MiB")):
-                ax = axes[i][j]
-                ax.set_xscale("log", base=2)
-                ax.set_yscale("log")
-                ax.set_xticks(lens, [str(x) for x in lens])
-                ax.set_xlabel("sequence length L")
-                ax.grid(True, which="both", alpha=0.3)
-                if j == 0:
-                    ax.set_ylabel(ylabel)
-        axes[0][0].legend()
-        fig.suptitle(f"span_dynamic_conv, {device}\nB={B}, A={A}, C={C}, n={n}, K={K}, {dtype}", fontsize=10)
-        fig.tight_layout()
-        suffix = f"-{dtype}-B{B}-A{A}-C{C}-n{n}-K{K}" if len(groups) > 1 else ""
-        path = out_dir / f"{stem}{suffix}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+    for (device, dtype, A, C, n, K), rs in sorted(groups.items()):
+        suffix = f"-{dtype}-A{A}-C{C}-n{n}-K{K}" if len(groups) > 1 else ""
+        clock = "/".join(sorted({r.get("clock", "wall") for r in rs}))
+        by_batch, by_len = defaultdict(set), defaultdict(set)
+        for r in rs:
+            by_batch[r["batch"]].add(r["seq_len"])
+            by_len[r["seq_len"]].add(r["batch"])
+        B = max(by_batch, key=lambda b: (len(by_batch[b]), b))
+        if len(by_batch[B]) > 1:
+            title = f"span_dynamic_conv, {device}\nB={B}, A={A}, C={C}, n={n}, K={K}, {dtype}; clock: {clock}"
+            paths.append(_draw([r for r in rs if r["batch"] == B], "seq_len", "sequence length L", title,
+                               out_dir / f"{stem}{suffix}.png"))
+        L = max(by_len, key=lambda length: (len(by_len[length]), length))
+        if len(by_len[L]) > 2:
+            title = f"span_dynamic_conv, {device}\nL={L}, A={A}, C={C}, n={n}, K={K}, {dtype}; clock: {clock}"
+            paths.append(_draw([r for r in rs if r["seq_len"] == L], "batch", "batch B", title,
+                               out_dir / f"{stem}{suffix}-batch.png"))
     return paths
+
+
+def _filter(rows, modes=None, batches=None):
+    return [r for r in rows if (not modes or r.get("mode") in modes or r.get("bench") != "kernel")
+            and (not batches or r.get("batch") in batches)]
 
 
 def main(argv=None):
@@ -171,19 +194,21 @@ def main(argv=None):
     p.add_argument("files", nargs="*", help="JSONL files (default: benchmarks/results/*.jsonl)")
     p.add_argument("--markdown", help="also write the tables to this file")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--modes", type=lambda t: t.split(","), help="table only these kernel modes, e.g. forward,full")
+    p.add_argument("--batches", type=lambda t: [int(x) for x in t.split(",")], help="table only these batch sizes")
     args = p.parse_args(argv)
     files = [Path(f) for f in args.files] or sorted(common.RESULTS_DIR.glob("*.jsonl"))
     sections = []
     for f in files:
         rows = common.read_rows([f])
         if any(r.get("bench") == "kernel" for r in rows):
-            sections.append(kernel_speedup_table(rows))
+            sections.append(kernel_speedup_table(_filter(rows, args.modes, args.batches)))
             if not args.no_plot:
                 for path in plot_kernels(rows, f.parent, f.stem):
                     sections.append(f"![{path.stem}]({path.relative_to(common.ROOT) if path.is_relative_to(common.ROOT) else path})")
                     print(f"wrote {path}", file=sys.stderr)
         if any(r.get("bench") == "model" for r in rows):
-            sections.append(model_table(rows))
+            sections.append(model_table(_filter(rows, None, args.batches)))
     text = "\n\n".join(sections) + "\n"
     print(text)
     if args.markdown:
