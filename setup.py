@@ -35,6 +35,8 @@ def _extensions():
 
     sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.cpp"))
     cuda_sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.cu"))
+    # Headers and the textually included kernel file: rebuild triggers and sdist contents.
+    depends = sorted(str(p.relative_to(ROOT)) for p in [*CSRC.glob("*.h"), *CSRC.glob("*.inc")])
     with_cuda = (
         bool(cuda_sources)
         and torch.version.cuda is not None
@@ -50,6 +52,7 @@ def _extensions():
         ext = cpp_extension.CUDAExtension(
             name="convbert_kernels._C",
             sources=sources + cuda_sources,
+            depends=depends,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
             extra_link_args=openmp,
@@ -58,6 +61,7 @@ def _extensions():
         ext = cpp_extension.CppExtension(
             name="convbert_kernels._C",
             sources=sources,
+            depends=depends,
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=openmp,
         )

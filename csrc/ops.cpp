@@ -25,15 +25,16 @@ namespace {
 using at::Tensor;
 
 struct DeviceKernels {
-  void (*forward)(const Tensor&, const Tensor&, const Tensor&, int64_t, Tensor&, Tensor&);
-  void (*backward)(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, Tensor&,
-                   Tensor&);
-  ParamGradsFn param_grads;
+  decltype(&window_forward_cpu) forward;
+  decltype(&window_backward_cpu) backward;
+  decltype(&span_forward_cpu) span_forward;
+  decltype(&span_backward_cpu) span_backward;
 };
 
-constexpr DeviceKernels kCpuKernels{window_forward_cpu, window_backward_cpu, param_grads_cpu};
+constexpr DeviceKernels kCpuKernels{window_forward_cpu, window_backward_cpu, span_forward_cpu, span_backward_cpu};
 #ifdef CONVBERT_WITH_CUDA
-constexpr DeviceKernels kCudaKernels{window_forward_cuda, window_backward_cuda, param_grads_cuda};
+constexpr DeviceKernels kCudaKernels{window_forward_cuda, window_backward_cuda, span_forward_cuda,
+                                     span_backward_cuda};
 #endif
 
 void check_float(const Tensor& t, const char* name) {
@@ -142,17 +143,14 @@ std::tuple<Tensor, Tensor> span_dynamic_conv_fwd(const DeviceKernels& k, const T
   const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
   const auto acc = acc_dtype_for(values.scalar_type());
   const Tensor v = values.contiguous();
+  const Tensor q = query.contiguous().view({B * L, A});
+  const Tensor kc = key_conv.contiguous().view({B * L, A});
+  const Tensor w = weight.to(acc).contiguous();
+  const Tensor b = (bias.has_value() && bias->defined()) ? bias->to(acc).contiguous() : Tensor();
   const Tensor mask = prepare_mask(padding_mask, values);
-  // The A -> n*K projection, in the accumulation dtype (a GEMM; the rest is the window kernel).
-  const Tensor ca = (query.to(acc) * key_conv.to(acc)).reshape({B * L, A});
-  const Tensor w = weight.to(acc);
-  // mm + add_ rather than addmm: MKL's addmm with a broadcast bias is several times slower here.
-  Tensor logits = at::mm(ca, w.t());
-  if (bias.has_value() && bias->defined()) logits.add_(bias->to(acc));
-  logits = logits.view({B, L, R});
   Tensor out = at::empty_like(v);
   Tensor probs = at::empty({B, L, R}, v.options().dtype(acc));
-  k.forward(v, logits, mask, num_heads, out, probs);
+  k.span_forward(q, kc, v, w, b, mask, num_heads, out, probs);
   return {out, probs};
 }
 
@@ -171,19 +169,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_dynamic_conv_bwd(
   const Tensor p = probs.contiguous();
   const Tensor gp = prepare_grad_probs(grad_probs, p);
   const Tensor mask = prepare_mask(padding_mask, values);
-  Tensor d_values = at::empty_like(v);
-  Tensor d_logits = at::empty({B, L, R}, v.options().dtype(acc));
-  k.backward(g, gp, v, p, mask, num_heads, d_values, d_logits);
-
-  const Tensor dl = d_logits.view({B * L, R});
   const Tensor q = query.contiguous().view({B * L, A});
   const Tensor kc = key_conv.contiguous().view({B * L, A});
+  Tensor d_values = at::empty_like(v);
   Tensor d_query = at::empty({B * L, A}, q.options());
   Tensor d_key_conv = at::empty({B * L, A}, q.options());
-  auto [d_weight, d_bias] = k.param_grads(dl, q, kc, weight.to(acc).contiguous(), d_query, d_key_conv);
-  d_query = d_query.view({B, L, A});
-  d_key_conv = d_key_conv.view({B, L, A});
-  return {d_query, d_key_conv, d_values, d_weight.to(dtype), d_bias.to(dtype)};
+  auto [d_weight, d_bias] =
+      k.span_backward(g, gp, q, kc, v, weight.to(acc).contiguous(), p, mask, num_heads, d_query, d_key_conv, d_values);
+  return {d_query.view({B, L, A}), d_key_conv.view({B, L, A}), d_values, d_weight.to(dtype), d_bias.to(dtype)};
 }
 
 // Device-bound entry points for the dispatcher.

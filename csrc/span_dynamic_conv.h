@@ -27,39 +27,35 @@ inline at::ScalarType acc_dtype_for(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// All tensors contiguous. values/out: [B, L, C]; logits: [B, L, R] in the values dtype or the
-// accumulation dtype; probs: [B, L, R] accumulation dtype (written); mask: bool [B, L] or undefined.
-void window_forward_cpu(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,
-                        int64_t num_heads, at::Tensor& out, at::Tensor& probs);
+// Each device provides four entry points (all tensors contiguous, on that device):
+//
+// window_forward: values [B, L, C], logits [B, L, R] (values dtype), mask bool [B, L] or undefined;
+//   writes out [B, L, C] and probs [B, L, R] (acc dtype).
+// window_backward: grad_out, values [B, L, C], probs [B, L, R], grad_probs (acc dtype) or
+//   undefined; writes d_values [B, L, C] and d_logits [B, L, R] (values dtype).
+// span_forward: query, key_conv [N, A] (input dtype), values [B, L, C], weight_acc [R, A] and
+//   bias_acc [R] or undefined (acc dtype); writes out and probs. The logits are
+//   (query * key_conv) @ weight^T + bias.
+// span_backward: as above plus grad_out and probs; writes d_query, d_key_conv [N, A] (input dtype)
+//   and d_values; returns (d_weight [R, A], d_bias [R]) in the acc dtype. The weight/bias
+//   reduction is deterministic (fixed token ranges, partials summed in a fixed order).
+#define CONVBERT_DECLARE_DEVICE(dev)                                                                                \
+  void window_forward_##dev(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,            \
+                            int64_t num_heads, at::Tensor& out, at::Tensor& probs);                                 \
+  void window_backward_##dev(const at::Tensor& grad_out, const at::Tensor& grad_probs, const at::Tensor& values,   \
+                             const at::Tensor& probs, const at::Tensor& mask, int64_t num_heads,                   \
+                             at::Tensor& d_values, at::Tensor& d_logits);                                          \
+  void span_forward_##dev(const at::Tensor& query, const at::Tensor& key_conv, const at::Tensor& values,           \
+                          const at::Tensor& weight_acc, const at::Tensor& bias_acc, const at::Tensor& mask,        \
+                          int64_t num_heads, at::Tensor& out, at::Tensor& probs);                                   \
+  std::tuple<at::Tensor, at::Tensor> span_backward_##dev(                                                           \
+      const at::Tensor& grad_out, const at::Tensor& grad_probs, const at::Tensor& query, const at::Tensor& key_conv, \
+      const at::Tensor& values, const at::Tensor& weight_acc, const at::Tensor& probs, const at::Tensor& mask,      \
+      int64_t num_heads, at::Tensor& d_query, at::Tensor& d_key_conv, at::Tensor& d_values);
 
-// grad_out, values: [B, L, C]; probs: [B, L, R] (accumulation dtype); grad_probs: same or
-// undefined. Writes d_values [B, L, C] and d_logits [B, L, R] (either dtype, as allocated).
-void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_probs, const at::Tensor& values,
-                         const at::Tensor& probs, const at::Tensor& mask, int64_t num_heads,
-                         at::Tensor& d_values, at::Tensor& d_logits);
-
-// Gradients of logits = (query * key_conv) @ weight^T + bias with respect to everything but the
-// window: from d_logits [N, R] (acc dtype), query, key_conv [N, A] (input dtype) and weight_acc
-// [R, A] (acc dtype), writes d_query and d_key_conv ([N, A], input dtype, preallocated) and returns
-// (d_weight [R, A], d_bias [R]) in the acc dtype. The weight/bias reduction is deterministic:
-// fixed token tiles produce partials that are added in tile order (no dependence on threads).
-using ParamGradsFn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& d_logits, const at::Tensor& query,
-                                                            const at::Tensor& key_conv, const at::Tensor& weight_acc,
-                                                            at::Tensor& d_query, at::Tensor& d_key_conv);
-
-std::tuple<at::Tensor, at::Tensor> param_grads_cpu(const at::Tensor& d_logits, const at::Tensor& query,
-                                                   const at::Tensor& key_conv, const at::Tensor& weight_acc,
-                                                   at::Tensor& d_query, at::Tensor& d_key_conv);
-
+CONVBERT_DECLARE_DEVICE(cpu)
 #ifdef CONVBERT_WITH_CUDA
-void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,
-                         int64_t num_heads, at::Tensor& out, at::Tensor& probs);
-void window_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_probs, const at::Tensor& values,
-                          const at::Tensor& probs, const at::Tensor& mask, int64_t num_heads,
-                          at::Tensor& d_values, at::Tensor& d_logits);
-std::tuple<at::Tensor, at::Tensor> param_grads_cuda(const at::Tensor& d_logits, const at::Tensor& query,
-                                                    const at::Tensor& key_conv, const at::Tensor& weight_acc,
-                                                    at::Tensor& d_query, at::Tensor& d_key_conv);
+CONVBERT_DECLARE_DEVICE(cuda)
 #endif
 
 }  // namespace convbert_kernels

@@ -81,41 +81,50 @@ const bool* mask_ptr(const at::Tensor& mask) {
   return mask.defined() ? mask.data_ptr<bool>() : nullptr;
 }
 
+// Tokens per parallel work item. Fixed (not derived from the thread count), so every reduction
+// over items has the same shape and order on any machine configuration.
+constexpr int64_t kRange = 256;
+
+int64_t num_ranges(int64_t N) { return (N + kRange - 1) / kRange; }
+
+// The ISA-specific instantiation of a kernel template (types deduced from the pointers), chosen
+// at run time.
+#ifdef CONVBERT_MULTI_ISA
+#define CONVBERT_ISA_CALL(fn, ...)                                  \
+  do {                                                              \
+    switch (cpu_isa()) {                                            \
+      case Isa::kAvx512: cpu_avx512::fn(__VA_ARGS__); break;        \
+      case Isa::kAvx2: cpu_avx2::fn(__VA_ARGS__); break;            \
+      default: cpu_base::fn(__VA_ARGS__);                           \
+    }                                                               \
+  } while (0)
+#else
+#define CONVBERT_ISA_CALL(fn, ...) cpu_base::fn(__VA_ARGS__)
+#endif
+
+template <typename scalar_t>
+using acc_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
 }  // namespace
 
 void window_forward_cpu(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,
                         int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
-  const int64_t n = num_heads, d = C / n, K = logits.size(2) / n;
-  const bool logits_acc = logits.scalar_type() != values.scalar_type();
+  const int64_t n = num_heads, d = C / n, K = logits.size(2) / n, N = B * L;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "window_forward_cpu", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    TORCH_CHECK(probs.scalar_type() == c10::CppTypeToScalarType<acc_t>::value, "probs must be the accumulation dtype");
-    auto run = [&](auto logit_tag) {
-      using logit_t = decltype(logit_tag);
-      TORCH_CHECK(logits.scalar_type() == c10::CppTypeToScalarType<logit_t>::value, "unexpected logits dtype");
-      const scalar_t* v = values.data_ptr<scalar_t>();
-      const logit_t* lg = logits.data_ptr<logit_t>();
-      scalar_t* o = out.data_ptr<scalar_t>();
-      acc_t* p = probs.data_ptr<acc_t>();
-      switch (cpu_isa()) {
-#ifdef CONVBERT_MULTI_ISA
-        case Isa::kAvx512:
-          cpu_avx512::window_forward<scalar_t, acc_t, logit_t>(v, lg, mask_ptr(mask), o, p, B, L, n, d, K);
-          break;
-        case Isa::kAvx2:
-          cpu_avx2::window_forward<scalar_t, acc_t, logit_t>(v, lg, mask_ptr(mask), o, p, B, L, n, d, K);
-          break;
-#endif
-        default:
-          cpu_base::window_forward<scalar_t, acc_t, logit_t>(v, lg, mask_ptr(mask), o, p, B, L, n, d, K);
+    using acc_t = acc_of<scalar_t>;
+    TORCH_CHECK(logits.scalar_type() == values.scalar_type(), "logits must have the values' dtype");
+    const scalar_t* v = values.data_ptr<scalar_t>();
+    const scalar_t* lg = logits.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    acc_t* p = probs.data_ptr<acc_t>();
+    const bool* m = mask_ptr(mask);
+    at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
+        CONVBERT_ISA_CALL(window_forward_range, v, lg, 0, m, o, p, L, n, d, K, n0, n1);
       }
-    };
-    if (logits_acc) {
-      run(acc_t{});
-    } else {
-      run(scalar_t{});
-    }
+    });
   });
 }
 
@@ -123,83 +132,114 @@ void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_prob
                          const at::Tensor& probs, const at::Tensor& mask, int64_t num_heads, at::Tensor& d_values,
                          at::Tensor& d_logits) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
-  const int64_t n = num_heads, d = C / n, K = probs.size(2) / n;
-  const bool dlogits_acc = d_logits.scalar_type() != values.scalar_type();
+  const int64_t n = num_heads, d = C / n, K = probs.size(2) / n, N = B * L;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "window_backward_cpu", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto run = [&](auto dlogit_tag) {
-      using dlogit_t = decltype(dlogit_tag);
-      TORCH_CHECK(d_logits.scalar_type() == c10::CppTypeToScalarType<dlogit_t>::value, "unexpected d_logits dtype");
-      const scalar_t* g = grad_out.data_ptr<scalar_t>();
-      const acc_t* gp = grad_probs.defined() ? grad_probs.data_ptr<acc_t>() : nullptr;
-      const scalar_t* v = values.data_ptr<scalar_t>();
-      const acc_t* p = probs.data_ptr<acc_t>();
-      scalar_t* dv = d_values.data_ptr<scalar_t>();
-      dlogit_t* dl = d_logits.data_ptr<dlogit_t>();
-      switch (cpu_isa()) {
-#ifdef CONVBERT_MULTI_ISA
-        case Isa::kAvx512:
-          cpu_avx512::window_backward<scalar_t, acc_t, dlogit_t>(g, gp, v, p, mask_ptr(mask), dv, dl, B, L, n, d, K);
-          break;
-        case Isa::kAvx2:
-          cpu_avx2::window_backward<scalar_t, acc_t, dlogit_t>(g, gp, v, p, mask_ptr(mask), dv, dl, B, L, n, d, K);
-          break;
-#endif
-        default:
-          cpu_base::window_backward<scalar_t, acc_t, dlogit_t>(g, gp, v, p, mask_ptr(mask), dv, dl, B, L, n, d, K);
+    using acc_t = acc_of<scalar_t>;
+    TORCH_CHECK(d_logits.scalar_type() == values.scalar_type(), "d_logits must have the values' dtype");
+    const scalar_t* g = grad_out.data_ptr<scalar_t>();
+    const acc_t* gp = grad_probs.defined() ? grad_probs.data_ptr<acc_t>() : nullptr;
+    const scalar_t* v = values.data_ptr<scalar_t>();
+    const acc_t* p = probs.data_ptr<acc_t>();
+    scalar_t* dv = d_values.data_ptr<scalar_t>();
+    scalar_t* dl = d_logits.data_ptr<scalar_t>();
+    const bool* m = mask_ptr(mask);
+    at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
+        CONVBERT_ISA_CALL(window_backward_range, g, gp, v, p, m, dv, dl, 0, L, n, d, K,
+                          n0, n1);
       }
-    };
-    if (dlogits_acc) {
-      run(acc_t{});
-    } else {
-      run(scalar_t{});
-    }
+    });
   });
 }
 
-// Per fixed tile of kParamTile tokens (so the tile's rows stay in cache): d_ca = d_logits @ W,
-// d_query = d_ca * key_conv, d_key_conv = d_ca * query, and the tile's partial
-// d_weight = d_logits^T (query * key_conv), d_bias = column sums of d_logits. The GEMMs are
-// single-threaded MKL calls inside the parallel region; the partials are added in tile order,
-// so the result does not depend on the number of threads or on which thread ran which tile.
-std::tuple<at::Tensor, at::Tensor> param_grads_cpu(const at::Tensor& d_logits, const at::Tensor& query,
-                                                   const at::Tensor& key_conv, const at::Tensor& weight_acc,
-                                                   at::Tensor& d_query, at::Tensor& d_key_conv) {
-  constexpr int64_t kParamTile = 256;
-  const int64_t N = d_logits.size(0), R = d_logits.size(1), A = query.size(1);
-  const auto acc = d_logits.scalar_type();
-  const int64_t tiles = std::max<int64_t>(1, (N + kParamTile - 1) / kParamTile);
-  at::Tensor dw_part = at::zeros({tiles, R, A}, d_logits.options());
-  at::Tensor db_part = at::zeros({tiles, R}, d_logits.options());
-  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    // OpenMP workers do not inherit the caller's dispatch state: keep these ATen calls below
-    // autograd there too (the saved inputs may require grad).
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t n0 = tile * kParamTile, len = std::min(N, n0 + kParamTile) - n0;
-      if (len <= 0) continue;
-      const at::Tensor dl = d_logits.narrow(0, n0, len);
-      const at::Tensor q = query.narrow(0, n0, len).to(acc);
-      const at::Tensor kc = key_conv.narrow(0, n0, len).to(acc);
-      const at::Tensor d_ca = at::mm(dl, weight_acc);
-      at::Tensor dq = d_query.narrow(0, n0, len), dkc = d_key_conv.narrow(0, n0, len);
-      if (dq.scalar_type() == acc) {  // straight into the output, no temporary
-        at::mul_out(dq, d_ca, kc);
-        at::mul_out(dkc, d_ca, q);
-      } else {
-        dq.copy_(d_ca * kc);
-        dkc.copy_(d_ca * q);
+// The fused CPU forward: one parallel region over fixed ranges of kRange tokens; per range the
+// product query * key_conv, the A -> n*K projection (a single-threaded GEMM on cache-resident
+// rows), softmax and the window sum.
+void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const at::Tensor& values,
+                      const at::Tensor& weight_acc, const at::Tensor& bias_acc, const at::Tensor& mask,
+                      int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
+  const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
+  const int64_t n = num_heads, d = C / n, R = weight_acc.size(0), K = R / n, N = B * L;
+  const auto acc = weight_acc.scalar_type();
+  const at::Tensor weight_t = weight_acc.t();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "span_forward_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const scalar_t* v = values.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    acc_t* p = probs.data_ptr<acc_t>();
+    const bool* m = mask_ptr(mask);
+    at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
+      // OpenMP workers do not inherit the caller's dispatch state: keep these ATen calls below
+      // autograd there too (the inputs may require grad).
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n0 = r * kRange, len = std::min(N, n0 + kRange) - n0;
+        const at::Tensor ca = query.narrow(0, n0, len).to(acc) * key_conv.narrow(0, n0, len).to(acc);
+        at::Tensor logits = at::mm(ca, weight_t);
+        if (bias_acc.defined()) logits.add_(bias_acc);
+        const acc_t* lg = logits.data_ptr<acc_t>();
+        CONVBERT_ISA_CALL(window_forward_range, v, lg, n0, m, o, p, L, n, d, K, n0,
+                          n0 + len);
       }
-      at::Tensor dw_out = dw_part.select(0, tile);
-      at::mm_out(dw_out, dl.t(), q * kc);
-      db_part.select(0, tile).copy_(dl.sum(0));
-    }
+    });
+  });
+}
+
+// The fused CPU backward: one parallel region over the same fixed ranges; per range the window
+// backward (d_values, d_logits of the range), d_ca = d_logits @ W, d_query = d_ca * key_conv,
+// d_key_conv = d_ca * query, and the range's partial d_weight = d_logits^T (query * key_conv),
+// d_bias = column sums of d_logits. The partials are added in range order afterwards: the result
+// does not depend on the number of threads or on which thread ran which range.
+std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_probs,
+                                                     const at::Tensor& query, const at::Tensor& key_conv,
+                                                     const at::Tensor& values, const at::Tensor& weight_acc,
+                                                     const at::Tensor& probs, const at::Tensor& mask,
+                                                     int64_t num_heads, at::Tensor& d_query, at::Tensor& d_key_conv,
+                                                     at::Tensor& d_values) {
+  const int64_t B = values.size(0), L = values.size(1), C = values.size(2), A = query.size(1);
+  const int64_t n = num_heads, d = C / n, R = weight_acc.size(0), K = R / n, N = B * L;
+  const auto acc = weight_acc.scalar_type();
+  const int64_t ranges = std::max<int64_t>(1, num_ranges(N));
+  at::Tensor dw_part = at::zeros({ranges, R, A}, weight_acc.options());
+  at::Tensor db_part = at::zeros({ranges, R}, weight_acc.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "span_backward_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const scalar_t* g = grad_out.data_ptr<scalar_t>();
+    const acc_t* gp = grad_probs.defined() ? grad_probs.data_ptr<acc_t>() : nullptr;
+    const scalar_t* v = values.data_ptr<scalar_t>();
+    const acc_t* p = probs.data_ptr<acc_t>();
+    scalar_t* dv = d_values.data_ptr<scalar_t>();
+    const bool* m = mask_ptr(mask);
+    at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;  // see span_forward_cpu
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n0 = r * kRange, len = std::min(N, n0 + kRange) - n0;
+        at::Tensor dl = at::empty({len, R}, weight_acc.options());
+        CONVBERT_ISA_CALL(window_backward_range, g, gp, v, p, m, dv, dl.data_ptr<acc_t>(),
+                          n0, L, n, d, K, n0, n0 + len);
+        const at::Tensor q = query.narrow(0, n0, len).to(acc);
+        const at::Tensor kc = key_conv.narrow(0, n0, len).to(acc);
+        const at::Tensor d_ca = at::mm(dl, weight_acc);
+        at::Tensor dq = d_query.narrow(0, n0, len), dkc = d_key_conv.narrow(0, n0, len);
+        if (dq.scalar_type() == acc) {  // straight into the outputs, no temporaries
+          at::mul_out(dq, d_ca, kc);
+          at::mul_out(dkc, d_ca, q);
+        } else {
+          dq.copy_(d_ca * kc);
+          dkc.copy_(d_ca * q);
+        }
+        at::Tensor dw_out = dw_part.select(0, r);
+        at::mm_out(dw_out, dl.t(), q * kc);
+        db_part.select(0, r).copy_(dl.sum(0));
+      }
+    });
   });
   at::Tensor dw = dw_part.select(0, 0).clone();
   at::Tensor db = db_part.select(0, 0).clone();
-  for (int64_t tile = 1; tile < tiles; ++tile) {
-    dw.add_(dw_part.select(0, tile));
-    db.add_(db_part.select(0, tile));
+  for (int64_t r = 1; r < ranges; ++r) {
+    dw.add_(dw_part.select(0, r));
+    db.add_(db_part.select(0, r));
   }
   return {dw, db};
 }

@@ -271,8 +271,10 @@ void check_grid(int64_t blocks, int64_t n) {
 
 }  // namespace
 
-void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,
-                         int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
+// Window kernels; logits / d_logits may be in the values dtype (dynamic_conv) or the
+// accumulation dtype (span_dynamic_conv).
+static void window_forward_cuda_impl(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,
+                                     int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
   const int64_t n = num_heads, d = C / n, K = logits.size(2) / n;
   if (B * L == 0 || C == 0) return;
@@ -302,9 +304,9 @@ void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, con
   });
 }
 
-void window_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_probs, const at::Tensor& values,
-                          const at::Tensor& probs, const at::Tensor& mask, int64_t num_heads, at::Tensor& d_values,
-                          at::Tensor& d_logits) {
+static void window_backward_cuda_impl(const at::Tensor& grad_out, const at::Tensor& grad_probs,
+                                      const at::Tensor& values, const at::Tensor& probs, const at::Tensor& mask,
+                                      int64_t num_heads, at::Tensor& d_values, at::Tensor& d_logits) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
   const int64_t n = num_heads, d = C / n, K = probs.size(2) / n;
   if (B * L == 0) return;
@@ -340,7 +342,7 @@ void window_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_pro
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> param_grads_cuda(const at::Tensor& d_logits, const at::Tensor& query,
+static std::tuple<at::Tensor, at::Tensor> param_grads_cuda(const at::Tensor& d_logits, const at::Tensor& query,
                                                     const at::Tensor& key_conv, const at::Tensor& weight_acc,
                                                     at::Tensor& d_query, at::Tensor& d_key_conv) {
   const int64_t N = d_logits.size(0), R = d_logits.size(1), A = query.size(1);
@@ -378,6 +380,46 @@ std::tuple<at::Tensor, at::Tensor> param_grads_cuda(const at::Tensor& d_logits, 
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {total.narrow(1, 0, A).contiguous(), total.select(1, A).contiguous()};
+}
+
+// The CUDA forward of span_dynamic_conv: the A -> n*K projection as a GEMM (cuBLAS, in the
+// accumulation dtype), then the fused softmax + window-sum kernel.
+void span_forward_cuda(const at::Tensor& query, const at::Tensor& key_conv, const at::Tensor& values,
+                       const at::Tensor& weight_acc, const at::Tensor& bias_acc, const at::Tensor& mask,
+                       int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
+  const int64_t B = values.size(0), L = values.size(1), R = weight_acc.size(0);
+  const auto acc = weight_acc.scalar_type();
+  c10::cuda::CUDAGuard guard(values.device());
+  at::Tensor logits = at::mm(query.to(acc) * key_conv.to(acc), weight_acc.t());
+  if (bias_acc.defined()) logits.add_(bias_acc);
+  window_forward_cuda_impl(values, logits.view({B, L, R}), mask, num_heads, out, probs);
+}
+
+// The CUDA backward: the fused window backward (d_values as a gather, d_logits), then
+// d_ca = d_logits @ W (a GEMM), d_query / d_key_conv, and the two-stage deterministic weight and
+// bias reduction.
+std::tuple<at::Tensor, at::Tensor> span_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_probs,
+                                                      const at::Tensor& query, const at::Tensor& key_conv,
+                                                      const at::Tensor& values, const at::Tensor& weight_acc,
+                                                      const at::Tensor& probs, const at::Tensor& mask,
+                                                      int64_t num_heads, at::Tensor& d_query, at::Tensor& d_key_conv,
+                                                      at::Tensor& d_values) {
+  const int64_t B = values.size(0), L = values.size(1), R = weight_acc.size(0);
+  c10::cuda::CUDAGuard guard(values.device());
+  at::Tensor d_logits = at::empty({B, L, R}, weight_acc.options());
+  window_backward_cuda_impl(grad_out, grad_probs, values, probs, mask, num_heads, d_values, d_logits);
+  return param_grads_cuda(d_logits.view({B * L, R}), query, key_conv, weight_acc, d_query, d_key_conv);
+}
+
+void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,
+                         int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
+  window_forward_cuda_impl(values, logits, mask, num_heads, out, probs);
+}
+
+void window_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_probs, const at::Tensor& values,
+                          const at::Tensor& probs, const at::Tensor& mask, int64_t num_heads, at::Tensor& d_values,
+                          at::Tensor& d_logits) {
+  window_backward_cuda_impl(grad_out, grad_probs, values, probs, mask, num_heads, d_values, d_logits);
 }
 
 }  // namespace convbert_kernels
