@@ -7,6 +7,8 @@ Providers
     hf                   transformers' ConvBertForMaskedLM as is
     hf-patched           the same after ``convbert_kernels.patch_transformers(model)``
     hf-compiled          ``torch.compile(model)`` of the plain transformers model
+    hf-patched-compiled  ``torch.compile`` of the patched model (not in the default list; ask for it
+                         with --providers)
 
 All providers start from the same weights (the transformers model's, loaded into this project's
 model by its checkpoint loader) and see the same batch; ``eval_loss`` (one forward in eval mode,
@@ -118,6 +120,9 @@ def build(provider: str, size: str, state: dict, device):
         convbert_kernels.patch_transformers(model)
         return model, model
     if provider == "hf-compiled":
+        return model, torch.compile(model)
+    if provider == "hf-patched-compiled":
+        convbert_kernels.patch_transformers(model)
         return model, torch.compile(model)
     raise ValueError(f"unknown provider {provider!r}")
 
