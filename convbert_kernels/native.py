@@ -9,7 +9,8 @@ Loading, on first use (the registry imports this module lazily, never ``import c
 3. failing that, importing this module raises an ImportError that carries the build log's tail,
    so ``backend_load_error("native")`` says why, and ``"native"`` is simply not available.
 
-``CONVBERT_KERNELS_NATIVE=jit`` skips step 1, ``=prebuilt`` skips step 2.
+``CONVBERT_KERNELS_NATIVE=jit`` skips step 1, ``=prebuilt`` skips step 2; ``CONVBERT_KERNELS_CSRC``
+points the JIT build at another source folder and ``CONVBERT_KERNELS_NO_CUDA=1`` leaves CUDA out.
 
 The compiled ops return the softmaxed kernel (``probs``) next to the output; autograd (saving
 ``probs``) and fake-tensor implementations are registered here with :mod:`torch.library`.
