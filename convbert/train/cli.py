@@ -30,7 +30,7 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 
 # The embedded default: ConvBERT-small's width with 4 layers, 128-token blocks, sized so the
 # run takes a few minutes on a 2-core CPU and its loss visibly falls.
-DEFAULT_DEMO = dict(model_size="small", layers=4, seq_len=128, batch_size=8, max_steps=150, vocab_size=8000,
+DEFAULT_DEMO = dict(model_size="small", layers=4, seq_len=128, batch_size=16, max_steps=200, vocab_size=8000,
                     lr=1e-3, log_every=10)
 
 

@@ -102,7 +102,7 @@ def write_stdlib_corpus(path: str | os.PathLike, timeout: float = 300.0) -> Path
     Raises:
         RuntimeError: the gathering child process failed or produced no text.
     """
-    path = Path(path)
+    path = Path(path).resolve()  # the child process runs in another working directory
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     env = dict(os.environ)

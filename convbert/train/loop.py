@@ -394,7 +394,7 @@ class Trainer:
                        leave=True, file=sys.stderr)
         write = (bar.write if bar is not None else print) if env.is_main else (lambda _m: None)
         start = time.perf_counter()
-        window_tokens, window_start, window_values = 0, time.perf_counter(), []
+        window_tokens, window_start, window_values = 0, time.perf_counter(), {}
         last_eval, last_saved = None, None
         bpe = self.plan.batches_per_epoch
         try:
@@ -444,17 +444,19 @@ class Trainer:
                 self.history.append(record)
                 self._write_metrics(record)
                 window_tokens += global_tokens
-                window_values.append(values["loss"])
+                for k, v in values.items():
+                    window_values.setdefault(k, []).append(v)
                 if bar is not None:
                     rate = window_tokens / max(now - window_start, 1e-9)
                     bar.set_postfix_str(f"loss {values['loss']:.4f}, lr {lr:.2e}, {rate:,.0f} tok/s", refresh=False)
                     bar.update(1)
                 if self.step % max(cfg.log_every, 1) == 0 or self.step == cfg.max_steps or self.step == 1:
                     rate = window_tokens / max(now - window_start, 1e-9)
-                    extra = "".join(f" | {k} {v:.4f}" for k, v in values.items() if k != "loss")
-                    write(f"step {self.step:>6}/{cfg.max_steps} | loss {sum(window_values) / len(window_values):.4f}"
+                    means = {k: sum(v) / len(v) for k, v in window_values.items()}  # since the last line
+                    extra = "".join(f" | {k} {v:.4f}" for k, v in means.items() if k != "loss")
+                    write(f"step {self.step:>6}/{cfg.max_steps} | loss {means['loss']:.4f}"
                           f"{extra} | lr {lr:.2e} | {rate:,.0f} tok/s | {now - start:,.0f}s")
-                    window_tokens, window_start, window_values = 0, time.perf_counter(), []
+                    window_tokens, window_start, window_values = 0, time.perf_counter(), {}
                 epoch_done = (self.step * cfg.grad_accum) // bpe > ((self.step - 1) * cfg.grad_accum) // bpe
                 if self.evaluate is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0)
                                                   or (not cfg.eval_every and epoch_done)
