@@ -30,7 +30,7 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 
 # The embedded default: ConvBERT-small's width with 4 layers, 128-token blocks, sized so the
 # run takes a few minutes on a 2-core CPU and its loss visibly falls.
-DEFAULT_DEMO = dict(model_size="small", layers=4, seq_len=128, batch_size=16, max_steps=200, vocab_size=8000,
+DEFAULT_DEMO = dict(model_size="small", layers=4, seq_len=128, batch_size=16, max_steps=300, vocab_size=8000,
                     lr=1e-3, log_every=10)
 
 
@@ -212,8 +212,11 @@ def prepare_output_dir(path: Path, *, resume: bool, overwrite: bool) -> None:
     if used and not resume and not overwrite:
         raise CliError(f"output directory {str(path)!r} already holds a run; pass --resume to continue it or "
                        "--overwrite-output-dir to start over there")
-    if overwrite and not resume:
+    if overwrite and not resume:  # start over: the earlier run's metrics and checkpoints go
+        import shutil
+
         (path / METRICS_FILE).unlink(missing_ok=True)
+        shutil.rmtree(path / CHECKPOINTS, ignore_errors=True)
 
 
 def _load_tokenizer(directory: Path):
@@ -339,7 +342,7 @@ def run_pretrain(args, env) -> dict:
         tok_dir = args.init_from
     if tok_dir is None:
         tok_dir = output_dir / "tokenizer"
-        if env.is_main and not (tok_dir / "vocab.txt").is_file():
+        if env.is_main and not (resume and (tok_dir / "vocab.txt").is_file()):  # a resumed run keeps its vocabulary
             from .. import train_wordpiece_vocab
 
             vocab_size = args.vocab_size or 8000
