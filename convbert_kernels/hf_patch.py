@@ -37,6 +37,7 @@ import types
 import torch
 from torch import nn
 
+from .backends import load_backends
 from .ops import span_dynamic_conv
 
 __all__ = ["patch_transformers", "unpatch_transformers"]
@@ -208,6 +209,7 @@ def patch_transformers(model: nn.Module | None = None, backend: str = "auto") ->
     """
     cls = _self_attention_class()
     _check_backend_name(backend)
+    load_backends()  # import Triton / the native extension now: torch.compile cannot import mid-trace
     if model is None:
         current = cls.__dict__["forward"]
         original = _ORIGINAL_CLASS_FORWARD.get(cls, current) if _is_patched(current) else current
