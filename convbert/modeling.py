@@ -145,12 +145,16 @@ class ConvBertSelfAttention(nn.Module):
         query = self.query(hidden_states)
 
         # Convolution half: span-aware kernels from key_conv * query, applied to a window of values.
+        # Under autocast the projections come out in the autocast dtype while the fp32 parameters
+        # (the separable conv's bias, the kernel layer) do not: cast them as nn.Linear would.
+        dtype = query.dtype
+        kernel_bias = self.conv_kernel_layer.bias
         conv = convbert_kernels.span_dynamic_conv(
             query,
-            self.key_conv_attn_layer(hidden_states),
-            self.conv_out_layer(hidden_states),
-            self.conv_kernel_layer.weight,
-            self.conv_kernel_layer.bias,
+            self.key_conv_attn_layer(hidden_states).to(dtype),
+            self.conv_out_layer(hidden_states).to(dtype),
+            self.conv_kernel_layer.weight.to(dtype),
+            None if kernel_bias is None else kernel_bias.to(dtype),
             n,
             padding_mask=padding_mask if self.config.conv_mask_padding else None,
             backend=self.config.conv_backend,

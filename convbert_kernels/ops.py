@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import _validation
 from .backends import resolve_backend
+
+
+@contextlib.contextmanager
+def _without_autocast(device: torch.device):
+    """The ops compute in their inputs' dtype on every backend, autocast region or not.
+
+    Custom-op backends are untouched by autocast anyway; this keeps the pure-PyTorch ones (whose
+    F.linear autocast would re-cast) giving the same numbers. Callers under autocast cast the
+    inputs to the autocast dtype themselves, as ConvBERT's attention layer does.
+    """
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        with torch.autocast(device.type, enabled=False):
+            yield
+    else:
+        yield
 
 
 def dynamic_conv(
@@ -43,7 +60,8 @@ def dynamic_conv(
     _validation.check_dynamic_conv(values, logits, num_heads)
     mask = _validation.normalize_padding_mask(padding_mask, values)
     impl = resolve_backend(backend, values.device)
-    return impl.dynamic_conv(values, logits, num_heads, mask)
+    with _without_autocast(values.device):
+        return impl.dynamic_conv(values, logits, num_heads, mask)
 
 
 def span_dynamic_conv(
@@ -74,7 +92,8 @@ def span_dynamic_conv(
         backend: ``"auto"`` or one of :func:`available_backends`.
 
     Returns:
-        ``[B, L, C]`` in the dtype of ``values``.
+        ``[B, L, C]`` in the dtype of ``values``. All inputs share one dtype; the op computes in it
+        (accumulating in at least fp32) whether or not an autocast region encloses the call.
 
     Raises:
         ValueError: inconsistent shapes, devices or dtypes, even K, or an unavailable backend.
@@ -82,4 +101,5 @@ def span_dynamic_conv(
     _validation.check_span_dynamic_conv(query, key_conv, values, weight, bias, num_heads)
     mask = _validation.normalize_padding_mask(padding_mask, values)
     impl = resolve_backend(backend, values.device)
-    return impl.span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, mask)
+    with _without_autocast(values.device):
+        return impl.span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, mask)

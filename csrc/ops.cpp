@@ -12,6 +12,7 @@
 #include <Python.h>
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -36,6 +37,11 @@ constexpr DeviceKernels kCpuKernels{window_forward_cpu, window_backward_cpu, spa
 constexpr DeviceKernels kCudaKernels{window_forward_cuda, window_backward_cuda, span_forward_cuda,
                                      span_backward_cuda};
 #endif
+
+// The kernels call at::mm internally on operands they have already cast to their accumulation
+// type; under autocast that call would be re-dispatched through the Autocast key and come back in
+// the autocast dtype. The ops' inputs already share one dtype, so autocast has nothing to do here.
+#define CONVBERT_NO_AUTOCAST() const c10::impl::ExcludeDispatchKeyGuard no_autocast_(c10::autocast_dispatch_keyset)
 
 void check_float(const Tensor& t, const char* name) {
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating tensor, got ", t.scalar_type());
@@ -85,6 +91,7 @@ void check_probs(const Tensor& probs, const Tensor& values, int64_t R) {
 
 std::tuple<Tensor, Tensor> dynamic_conv_fwd(const DeviceKernels& k, const Tensor& values, const Tensor& logits,
                                             int64_t num_heads, const std::optional<Tensor>& padding_mask) {
+  CONVBERT_NO_AUTOCAST();
   check_float(values, "values");
   TORCH_CHECK(logits.dim() == 3 && logits.size(0) == values.size(0) && logits.size(1) == values.size(1),
               "logits must be [B, L, n*K] with the values' B and L");
@@ -103,6 +110,7 @@ std::tuple<Tensor, Tensor> dynamic_conv_bwd(const DeviceKernels& k, const Tensor
                                             const std::optional<Tensor>& grad_probs, const Tensor& values,
                                             const Tensor& probs, int64_t num_heads,
                                             const std::optional<Tensor>& padding_mask) {
+  CONVBERT_NO_AUTOCAST();
   check_float(values, "values");
   check_heads(values, num_heads, probs.size(-1));
   check_probs(probs, values, probs.size(-1));
@@ -139,6 +147,7 @@ std::tuple<Tensor, Tensor> span_dynamic_conv_fwd(const DeviceKernels& k, const T
                                                  const Tensor& key_conv, const Tensor& values, const Tensor& weight,
                                                  const std::optional<Tensor>& bias, int64_t num_heads,
                                                  const std::optional<Tensor>& padding_mask) {
+  CONVBERT_NO_AUTOCAST();
   check_span(query, key_conv, values, weight, bias, num_heads);
   const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
   const auto acc = acc_dtype_for(values.scalar_type());
@@ -158,6 +167,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_dynamic_conv_bwd(
     const DeviceKernels& k, const Tensor& grad_out, const std::optional<Tensor>& grad_probs, const Tensor& query,
     const Tensor& key_conv, const Tensor& values, const Tensor& weight, const Tensor& probs, int64_t num_heads,
     const std::optional<Tensor>& padding_mask) {
+  CONVBERT_NO_AUTOCAST();
   check_span(query, key_conv, values, weight, std::nullopt, num_heads);
   const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
   check_probs(probs, values, R);

@@ -209,3 +209,20 @@ def test_torch_compile_fullgraph_in_a_fresh_process():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_mixed_precision_forward_and_backward(dtype):
+    """Under autocast the fp32 conv parameters are cast like nn.Linear's, so the op sees one dtype."""
+    torch.manual_seed(0)
+    model = convbert.ConvBertForMaskedLM(small()).train()
+    x = ids()
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(x, labels=x)
+    assert out.logits.dtype == dtype and torch.isfinite(out.loss)
+    out.loss.backward()
+    grad = model.convbert.encoder.layer[0].attention.self.conv_kernel_layer.weight.grad
+    assert grad is not None and grad.dtype == torch.float32 and torch.isfinite(grad).all()
+    with torch.no_grad():
+        reference = model(x, labels=x).loss
+    assert abs(out.loss.item() - reference.item()) < 0.05 * abs(reference.item())

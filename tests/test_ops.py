@@ -129,3 +129,16 @@ def test_unknown_and_unavailable_backends():
         ck.span_dynamic_conv(*i.tensors(), 3, backend="nope")
     with pytest.raises(ValueError, match="unknown backend"):
         ck.available_backends and ck.backend_load_error("nope")
+
+
+@pytest.mark.parametrize("backend", ck.available_backends("cpu"))
+def test_backends_ignore_an_enclosing_autocast(backend):
+    """The ops take one dtype; internal GEMMs must not be re-cast by an autocast region around them."""
+    inputs = make_span_inputs(2, 9, 16, 16, 2, 5, seed=7)
+    plain = ck.span_dynamic_conv(*inputs.tensors(), 2, backend=backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = ck.span_dynamic_conv(*inputs.tensors(), 2, backend=backend)
+        inside.sum().backward()
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, plain, rtol=1e-6, atol=1e-6)
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in inputs.tensors())

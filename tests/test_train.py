@@ -121,10 +121,6 @@ def test_electra_shares_embeddings():
     assert module.generator.config.hidden_size == 64 and module.generator.config.num_hidden_layers == 12
 
 
-@pytest.mark.xfail(raises=ValueError, strict=False,
-                   reason="model bug: under autocast SeparableConv1D's fp32 bias promotes key_conv to fp32 while "
-                          "query/values are bf16/fp16, and span_dynamic_conv rejects mixed dtypes "
-                          "(fix: `+ self.bias.to(x.dtype)` in convbert/modeling.py)")
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs(work, corpus, tokenizer_dir, precision):
     out = work / f"precision-{precision}"
