@@ -63,8 +63,9 @@ class ConvBertEmbeddings(nn.Module):
     def __init__(self, config: ConvBertConfig):
         super().__init__()
         self.config = config
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id
-                                            if config.pad_token_id is not None and config.pad_token_id < config.vocab_size else None)
+        pad = config.pad_token_id
+        padding_idx = pad if pad is not None and 0 <= pad < config.vocab_size else None
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=padding_idx)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.embedding_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.embedding_size)
         self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
@@ -394,7 +395,8 @@ class ConvBertModel(ConvBertPreTrainedModel):
         if head_mask.dim() == 1 and head_mask.shape[0] == heads:
             head_mask = head_mask.expand(layers, -1)
         if head_mask.dim() != 2 or tuple(head_mask.shape) != (layers, heads):
-            raise ValueError(f"head_mask must have shape [{heads}] or [{layers}, {heads}], got {tuple(head_mask.shape)}")
+            raise ValueError(
+                f"head_mask must have shape [{heads}] or [{layers}, {heads}], got {tuple(head_mask.shape)}")
         return head_mask[:, None, :, None, None].to(dtype)
 
     def forward(
@@ -456,12 +458,6 @@ class ConvBertModel(ConvBertPreTrainedModel):
         )
 
 
-def _backbone_outputs(model: ConvBertPreTrainedModel, kwargs: dict):
-    """Run ``model.convbert`` and return (sequence_output, hidden_states, attentions)."""
-    out = model.convbert(**kwargs, return_dict=True)
-    return out.last_hidden_state, out.hidden_states, out.attentions
-
-
 def _finish(output_cls, return_dict: bool, **fields_):
     out = output_cls(**fields_)
     return out if return_dict else out.to_tuple()
@@ -501,18 +497,16 @@ class ConvBertForMaskedLM(ConvBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         """``labels`` [B, L]: target ids, -100 where no loss is taken. Returns ``MaskedLMOutput``."""
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict)
-        sequence, hidden_states, attentions = _backbone_outputs(self, dict(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states))
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        backbone = self.convbert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                                 output_attentions, output_hidden_states, return_dict=True)
+        sequence = backbone.last_hidden_state
         logits = self.generator_lm_head(self.generator_predictions(sequence))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1), ignore_index=-100)
-        return _finish(MaskedLMOutput, return_dict, loss=loss, logits=logits, hidden_states=hidden_states,
-                       attentions=attentions)
+        return _finish(MaskedLMOutput, return_dict, loss=loss, logits=logits, hidden_states=backbone.hidden_states,
+                       attentions=backbone.attentions)
 
 
 class ConvBertClassificationHead(nn.Module):
@@ -545,16 +539,14 @@ class ConvBertForSequenceClassification(ConvBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         """``labels``: [B] class ids, [B] floats (regression) or [B, num_labels] (multi-label)."""
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict)
-        sequence, hidden_states, attentions = _backbone_outputs(self, dict(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states))
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        backbone = self.convbert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                                 output_attentions, output_hidden_states, return_dict=True)
+        sequence = backbone.last_hidden_state
         logits = self.classifier(sequence)
         loss = None if labels is None else self._loss(logits, labels)
         return _finish(SequenceClassifierOutput, return_dict, loss=loss, logits=logits,
-                       hidden_states=hidden_states, attentions=attentions)
+                       hidden_states=backbone.hidden_states, attentions=backbone.attentions)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         config = self.config
@@ -572,7 +564,8 @@ class ConvBertForSequenceClassification(ConvBertPreTrainedModel):
         if config.problem_type == "single_label_classification":
             if labels.numel() and not torch.compiler.is_compiling() and (
                     labels.max() >= self.num_labels or labels.min() < -100):
-                raise ValueError(f"labels must lie in [0, {self.num_labels}) (or be -100), got max {labels.max().item()}")
+                raise ValueError(
+                    f"labels must lie in [0, {self.num_labels}) (or be -100), got max {labels.max().item()}")
             return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
         if config.problem_type == "multi_label_classification":
             return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
@@ -592,21 +585,20 @@ class ConvBertForMultipleChoice(ConvBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         """Inputs [B, C, L] (``inputs_embeds`` [B, C, L, E]); ``labels`` [B] the right choice."""
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict)
         num_choices = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
 
         def flat(t):
             return None if t is None else t.reshape(-1, *t.shape[2:])
 
-        sequence, hidden_states, attentions = _backbone_outputs(self, dict(
-            input_ids=flat(input_ids), attention_mask=flat(attention_mask), token_type_ids=flat(token_type_ids),
-            position_ids=flat(position_ids), head_mask=head_mask, inputs_embeds=flat(inputs_embeds),
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states))
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        backbone = self.convbert(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                                 head_mask, flat(inputs_embeds), output_attentions, output_hidden_states,
+                                 return_dict=True)
+        sequence = backbone.last_hidden_state
         logits = self.classifier(self.sequence_summary(sequence[:, -1])).view(-1, num_choices)
         loss = None if labels is None else F.cross_entropy(logits, labels)
         return _finish(MultipleChoiceModelOutput, return_dict, loss=loss, logits=logits,
-                       hidden_states=hidden_states, attentions=attentions)
+                       hidden_states=backbone.hidden_states, attentions=backbone.attentions)
 
 
 class ConvBertForTokenClassification(ConvBertPreTrainedModel):
@@ -624,18 +616,16 @@ class ConvBertForTokenClassification(ConvBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         """``labels`` [B, L] class ids, -100 where no loss is taken."""
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict)
-        sequence, hidden_states, attentions = _backbone_outputs(self, dict(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states))
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        backbone = self.convbert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                                 output_attentions, output_hidden_states, return_dict=True)
+        sequence = backbone.last_hidden_state
         logits = self.classifier(self.dropout(sequence))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), ignore_index=-100)
         return _finish(TokenClassifierOutput, return_dict, loss=loss, logits=logits,
-                       hidden_states=hidden_states, attentions=attentions)
+                       hidden_states=backbone.hidden_states, attentions=backbone.attentions)
 
 
 class ConvBertForQuestionAnswering(ConvBertPreTrainedModel):
@@ -652,12 +642,10 @@ class ConvBertForQuestionAnswering(ConvBertPreTrainedModel):
                 inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None):
         """``start_positions`` / ``end_positions`` [B]; positions outside [0, L) are ignored."""
-        output_attentions, output_hidden_states, return_dict = self._flags(
-            output_attentions, output_hidden_states, return_dict)
-        sequence, hidden_states, attentions = _backbone_outputs(self, dict(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states))
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        backbone = self.convbert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                                 output_attentions, output_hidden_states, return_dict=True)
+        sequence = backbone.last_hidden_state
         start_logits, end_logits = self.qa_outputs(sequence).split(1, dim=-1)
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
         loss = None
@@ -668,7 +656,7 @@ class ConvBertForQuestionAnswering(ConvBertPreTrainedModel):
             loss = (F.cross_entropy(start_logits, start, ignore_index=ignored)
                     + F.cross_entropy(end_logits, end, ignore_index=ignored)) / 2
         return _finish(QuestionAnsweringModelOutput, return_dict, loss=loss, start_logits=start_logits,
-                       end_logits=end_logits, hidden_states=hidden_states, attentions=attentions)
+                       end_logits=end_logits, hidden_states=backbone.hidden_states, attentions=backbone.attentions)
 
 
 MODEL_CLASSES = {
