@@ -27,6 +27,18 @@ from .tokenization_base import (
 __all__ = ["ConvBertTokenizerFast"]
 
 
+def set_bert_pre_processing(tok: Tokenizer, *, clean_text: bool, tokenize_chinese_chars: bool,
+                            strip_accents: bool | None, do_lower_case: bool) -> None:
+    """BERT's normalizer and pre-tokenizer on a ``tokenizers.Tokenizer`` (shared with the vocab trainer)."""
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=clean_text,
+        handle_chinese_chars=tokenize_chinese_chars,
+        strip_accents=strip_accents,
+        lowercase=do_lower_case,
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+
+
 class ConvBertTokenizerFast(ConvBertTokenizerBase):
     r"""Construct a "fast" ConvBERT tokenizer (backed by the ``tokenizers`` library). Based on WordPiece.
 
@@ -116,13 +128,8 @@ class ConvBertTokenizerFast(ConvBertTokenizerBase):
         else:
             raise VocabularyError("ConvBertTokenizerFast needs a `vocab_file` (vocab.txt) or a `tokenizer_file` (tokenizer.json).")
 
-        tok.normalizer = normalizers.BertNormalizer(
-            clean_text=clean_text,
-            handle_chinese_chars=tokenize_chinese_chars,
-            strip_accents=strip_accents,
-            lowercase=do_lower_case,
-        )
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        set_bert_pre_processing(tok, clean_text=clean_text, tokenize_chinese_chars=tokenize_chinese_chars,
+                                strip_accents=strip_accents, do_lower_case=do_lower_case)
         tok.decoder = decoders.WordPiece(prefix=wordpieces_prefix)
         tok.no_padding()
         tok.no_truncation()

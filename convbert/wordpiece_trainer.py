@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from typing import Iterable, Sequence
 
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers import Tokenizer
 from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 
 from .tokenization_base import VOCAB_FILE, vocab_lines_from_dict, write_vocab_file
+from .tokenization_fast import set_bert_pre_processing
 
 __all__ = ["train_wordpiece_vocab", "BERT_SPECIAL_TOKENS"]
 
@@ -73,13 +74,8 @@ def train_wordpiece_vocab(
         raise ValueError(f"vocab_size={vocab_size} must be larger than the {len(BERT_SPECIAL_TOKENS)} special tokens.")
 
     tok = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix=wordpieces_prefix))
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=clean_text,
-        handle_chinese_chars=tokenize_chinese_chars,
-        strip_accents=strip_accents,
-        lowercase=do_lower_case,
-    )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    set_bert_pre_processing(tok, clean_text=clean_text, tokenize_chinese_chars=tokenize_chinese_chars,
+                            strip_accents=strip_accents, do_lower_case=do_lower_case)
     trainer = WordPieceTrainer(
         vocab_size=int(vocab_size),
         min_frequency=min_frequency,
