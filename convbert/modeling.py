@@ -349,6 +349,10 @@ class ConvBertPreTrainedModel(PreTrainedMixin, nn.Module):
         for encoder in self._encoders():
             encoder.gradient_checkpointing = False
 
+    # transformers' newer names for the same switches
+    activation_checkpointing_enable = gradient_checkpointing_enable
+    activation_checkpointing_disable = gradient_checkpointing_disable
+
     @property
     def is_gradient_checkpointing(self) -> bool:
         return any(e.gradient_checkpointing for e in self._encoders())

@@ -130,6 +130,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(p.grad, grads[k], atol=1e-6, rtol=1e-5)
     model.gradient_checkpointing_disable()
     assert not model.is_gradient_checkpointing
+    model.activation_checkpointing_enable()  # transformers' newer name
+    assert model.is_gradient_checkpointing
 
 
 def test_conv_mask_padding_isolates_tokens_from_padding():
