@@ -40,20 +40,13 @@ if __package__ in (None, ""):
 import torch
 
 import convbert_kernels
+from convbert.configuration import MODEL_SIZES
 from benchmarks import common
 
-# Hugging Face config keys of the published sizes (see shared/reference/convbert-math.md).
-SIZES = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                 embedding_size=32, vocab_size=1000, max_position_embeddings=512),
-    "small": dict(hidden_size=256, num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024,
-                  embedding_size=128, head_ratio=2, conv_kernel_size=9, num_groups=1),
-    "medium-small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=8, intermediate_size=1536,
-                         embedding_size=128, head_ratio=2, conv_kernel_size=9, num_groups=2),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                 embedding_size=768, head_ratio=2, conv_kernel_size=9, num_groups=1),
-}
+# Hugging Face config keys of the published sizes, from the library itself.
+SIZES = MODEL_SIZES
 COMMON = dict(vocab_size=30522, max_position_embeddings=4096)
+SIZE_OVERRIDES = {"tiny": dict(vocab_size=1000, max_position_embeddings=512)}  # keeps the test preset light
 
 PRESETS = {
     "quick": dict(cpu=dict(size="small", batch=8, seq_len=128, dtype="fp32", repeats=3),
@@ -66,9 +59,7 @@ PRESETS = {
 
 
 def hf_config_kwargs(size: str) -> dict:
-    kwargs = dict(COMMON)
-    kwargs.update(SIZES[size])
-    return kwargs
+    return {**COMMON, **SIZES[size], **SIZE_OVERRIDES.get(size, {})}
 
 
 def make_batch(size: str, batch: int, seq_len: int, device, seed: int = 0, mask_rate: float = 0.15):

@@ -10,6 +10,19 @@ from typing import Any
 
 CONFIG_NAME = "config.json"
 
+#: Hyper-parameters of the published ConvBERT sizes (the paper's small, medium-small and base),
+#: plus "tiny" for tests; ``ConvBertConfig(**MODEL_SIZES["small"], vocab_size=...)``.
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                 embedding_size=32, num_groups=1, head_ratio=2, conv_kernel_size=9),
+    "small": dict(hidden_size=256, num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024,
+                  embedding_size=128, num_groups=1, head_ratio=2, conv_kernel_size=9),
+    "medium-small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=8, intermediate_size=1536,
+                         embedding_size=128, num_groups=2, head_ratio=2, conv_kernel_size=9),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                 embedding_size=768, num_groups=1, head_ratio=2, conv_kernel_size=9),
+}
+
 # Keys Hugging Face configs carry that this project reads or round-trips, with their defaults.
 _GENERIC_DEFAULTS: dict[str, Any] = {
     "output_hidden_states": False,

@@ -111,7 +111,7 @@ def test_electra_pretrain_loss_falls(work, corpus, tokenizer_dir):
 
 def test_electra_shares_embeddings():
     from convbert import ConvBertConfig
-    from convbert.train.cli import MODEL_SIZES
+    from convbert.configuration import MODEL_SIZES
     from convbert.train.electra import ElectraPretrainer
 
     config = ConvBertConfig(vocab_size=100, pad_token_id=0, **MODEL_SIZES["small"])

@@ -16,17 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-#: Published ConvBERT sizes (../shared/reference/convbert-math.md) plus "tiny" for tests.
-MODEL_SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-                 embedding_size=32, num_groups=1, head_ratio=2, conv_kernel_size=9),
-    "small": dict(hidden_size=256, num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024,
-                  embedding_size=128, num_groups=1, head_ratio=2, conv_kernel_size=9),
-    "medium-small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=8, intermediate_size=1536,
-                         embedding_size=128, num_groups=2, head_ratio=2, conv_kernel_size=9),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                 embedding_size=768, num_groups=1, head_ratio=2, conv_kernel_size=9),
-}
+from ..configuration import MODEL_SIZES  # cheap: keeps --help fast
+
 
 # The embedded default: ConvBERT-small's width with 4 layers, 128-token blocks, sized so the
 # run takes a few minutes on a 2-core CPU and its loss visibly falls.
