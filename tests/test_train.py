@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from convbert.train import main
+from convbert.train import main, run
 from convbert.train.data import BatchPlan, DataError, read_documents, read_labelled
 from convbert.train.loop import TRAINER_STATE, checkpoint_dirs, latest_checkpoint
 from convbert.train.metrics import accuracy, f1, pearson, spearman
@@ -61,8 +61,8 @@ def tokenizer_dir(work, corpus) -> Path:
 
 
 def _pretrain(out: Path, corpus: Path, tokenizer_dir: Path, *extra: str) -> dict:
-    return main(["pretrain", "--train-file", str(corpus), "--tokenizer", str(tokenizer_dir), "--output-dir", str(out),
-                 *TINY, *extra])
+    return run(["pretrain", "--train-file", str(corpus), "--tokenizer", str(tokenizer_dir), "--output-dir", str(out),
+                *TINY, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,7 @@ def test_finetune_keyword_task_reaches_high_accuracy(work, mlm_run):
     evals = work / "eval.jsonl"
     evals.write_text("".join(json.dumps(r) + "\n" for r in _keyword_rows(64, 2)))
     out = work / "finetuned"
-    summary = main(["finetune", "--init-from", str(mlm_run), "--train-file", str(train), "--eval-file", str(evals),
+    summary = run(["finetune", "--init-from", str(mlm_run), "--train-file", str(train), "--eval-file", str(evals),
                     "--output-dir", str(out), "--seq-len", "32", "--batch-size", "16", "--epochs", "10", "--lr", "1e-3",
                     "--no-progress"])
     assert summary["eval"]["eval_accuracy"] >= 0.9, summary["eval"]
@@ -257,7 +257,7 @@ def test_finetune_from_electra_discriminator_regression(work, corpus, tokenizer_
     data = work / "reg.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = work / "reg"
-    summary = main(["finetune", "--init-from", str(electra), "--train-file", str(data), "--eval-file", str(data),
+    summary = run(["finetune", "--init-from", str(electra), "--train-file", str(data), "--eval-file", str(data),
                     "--label-column", "score", "--output-dir", str(out), "--seq-len", "32", "--batch-size", "8",
                     "--max-steps", "3", "--no-progress"])
     assert {"eval_pearson", "eval_spearman", "eval_mse"} <= set(summary["eval"])
@@ -390,7 +390,7 @@ def test_no_arguments_pretrains_on_the_stdlib_corpus(monkeypatch):
         return None
 
     monkeypatch.setattr(cli, "run_pretrain", fake)
-    main([])
+    assert main([]) == 0  # the console script's exit status (sys.exit of a dict would be 1)
     args = seen["args"]
     assert args.command == "pretrain" and args.objective == "electra" and args.train_file == []
     assert args.model_size == "small" and args.vocab_size == 8000 and args.max_steps >= 100
@@ -427,3 +427,14 @@ def test_console_script_and_module_help():
     if script.exists():
         proc = subprocess.run([str(script), "finetune", "--help"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "--text-pair-column" in proc.stdout
+
+
+def test_console_script_exits_zero_after_a_real_run(tmp_path, corpus, tokenizer_dir):
+    """The installed entry point does sys.exit(main()): a finished run must exit 0, not print a dict."""
+    script = Path(sys.executable).with_name("convbert-train")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "convbert.train"]
+    proc = subprocess.run([*command, "pretrain", "--objective", "mlm", "--train-file", str(corpus), "--tokenizer",
+                           str(tokenizer_dir), "--output-dir", str(tmp_path / "run"), "--max-steps", "2",
+                           "--batch-size", "2", *TINY], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "config.json").is_file()

@@ -584,8 +584,14 @@ def run_finetune(args, env) -> dict:
 # --------------------------------------------------------------------------- entry point
 
 
-def main(argv: Sequence[str] | None = None) -> dict | None:
-    """Entry point of ``convbert-train`` and ``python -m convbert.train``; returns the run summary."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``convbert-train`` and ``python -m convbert.train``; returns the exit status."""
+    run(argv)
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> dict | None:
+    """Parse ``argv`` (default: the command line) and train; returns the run summary (None for help)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     demo = not argv
