@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import ConvBertConfig
-from ..modeling import ConvBertForMaskedLM, ConvBertForSequenceClassification, ConvBertModel
+from ..modeling import ConvBertForMaskedLM, ConvBertForSequenceClassification, ConvBertModel, get_activation
 from ..pretrained import load_state_dict_from_directory
 
 GENERATOR_DIR = "generator"
@@ -163,14 +163,6 @@ class MlmPretrainer(_PretrainBase):
 # --------------------------------------------------------------------------- ELECTRA
 
 
-def _activation(name: str):
-    table = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "swish": F.silu, "tanh": torch.tanh,
-             "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "gelu_fast": lambda x: F.gelu(x, approximate="tanh")}
-    if name not in table:
-        raise ValueError(f"unsupported hidden_act {name!r} for the discriminator head")
-    return table[name]
-
-
 class ConvBertDiscriminatorPredictions(nn.Module):
     """ELECTRA's replaced-token-detection head: dense Hd -> Hd, activation, dense Hd -> 1 (one logit per token)."""
 
@@ -178,7 +170,7 @@ class ConvBertDiscriminatorPredictions(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.dense_prediction = nn.Linear(config.hidden_size, 1)
-        self.act = _activation(config.hidden_act)
+        self.act = get_activation(config.hidden_act)
         for layer in (self.dense, self.dense_prediction):
             nn.init.normal_(layer.weight, std=config.initializer_range)
             nn.init.zeros_(layer.bias)
