@@ -221,6 +221,18 @@ def _load_tokenizer(directory: Path):
         raise CliError(f"cannot load a tokenizer from {str(directory)!r}: {exc}")
 
 
+def _start_run(command: str, args, env) -> tuple[Path, bool]:
+    """Checks and output-directory set-up shared by both subcommands; returns (output_dir, resuming)."""
+    output_dir = args.output_dir or _default_output_dir(command, env)
+    resume = args.resume is not None
+    if env.is_main:
+        prepare_output_dir(output_dir, resume=resume, overwrite=args.overwrite_output_dir)
+    env.barrier()
+    _check_backend(args.backend, env.device)
+    _precision_check(args, env.device)
+    return output_dir, resume
+
+
 def _check_backend(name: str, device) -> None:
     from convbert_kernels.backends import resolve_backend
 
@@ -296,13 +308,7 @@ def run_pretrain(args, env) -> dict:
     from .electra import ElectraPretrainer, MlmPretrainer
     from .loop import Trainer, set_seed
 
-    output_dir = args.output_dir or _default_output_dir("pretrain", env)
-    resume = args.resume is not None
-    if env.is_main:
-        prepare_output_dir(output_dir, resume=resume, overwrite=args.overwrite_output_dir)
-    env.barrier()
-    _check_backend(args.backend, env.device)
-    _precision_check(args, env.device)
+    output_dir, resume = _start_run("pretrain", args, env)
 
     # -- text
     if args.train_file:
@@ -443,13 +449,7 @@ def run_finetune(args, env) -> dict:
     from .loop import Trainer, check_same_config, set_seed
     from .metrics import classification_metrics, regression_metrics
 
-    output_dir = args.output_dir or _default_output_dir("finetune", env)
-    resume = args.resume is not None
-    if env.is_main:
-        prepare_output_dir(output_dir, resume=resume, overwrite=args.overwrite_output_dir)
-    env.barrier()
-    _check_backend(args.backend, env.device)
-    _precision_check(args, env.device)
+    output_dir, resume = _start_run("finetune", args, env)
     if args.init_from is None and (args.tokenizer is None or (args.model_size is None and args.config is None)):
         raise CliError("finetune needs --init-from CHECKPOINT (or, to train from scratch, --tokenizer and "
                        "--model-size/--config)")
