@@ -20,9 +20,10 @@ def test_eager_matches_reference_fp32(shape, with_mask):
 
 
 @pytest.mark.parametrize("shape", AWKWARD_SHAPES[:3])
-def test_eager_fp16_and_bf16_within_1e2(shape):
-    for dtype in (torch.float16, torch.bfloat16):
-        check_span_backend("eager", make_span_inputs(*shape, with_mask=True), dtype)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_eager_fp16_and_bf16(shape, dtype):
+    check_span_backend("eager", make_span_inputs(*shape, with_mask=True), dtype)
+    check_dynamic_backend("eager", shape, dtype, with_mask=True)
 
 
 @pytest.mark.parametrize("shape", AWKWARD_SHAPES)

@@ -1,0 +1,113 @@
+"""A float64 emulation of the GPU kernels' arithmetic at fp16 / bf16, rounding where they round.
+
+The low-precision tolerances in ``tests/oracle.py`` are justified by this emulation: a kernel that
+is exact except for its own rounding points has the emulated error, so a correct kernel on a GPU
+differs from it only by accumulation order (fp32 sums in another order: a few ulps of fp32, and
+now and then the last bit of a result that sits on a rounding boundary).
+
+Everything is computed in float64; ``rnd`` rounds to the storage dtype at the points where the
+kernels store or convert to it. fp32 intermediates are kept in float64 (fp32 carries 2^-24 of
+relative error against bf16's 2^-8 and fp16's 2^-11: far below what these checks resolve).
+
+``kernel="triton"`` (convbert_kernels/triton_kernels.py):
+  forward   ca = q * kc formed in fp32, rounded to the input dtype (tensor-core operand); logits
+            = ca @ W^T accumulated in fp32, bias added in fp32; softmax in fp32, probabilities
+            saved in fp32; window sum accumulated in fp32; output rounded.
+  window bw dp and d_logits in fp32 (rounded to the logits' dtype for dynamic_conv only);
+            d_values accumulated in fp32, rounded.
+  proj bw   d_logits rounded to the dtype before both dots; d_ca = d_logits @ W in fp32;
+            d_query = d_ca * kc and d_key_conv = d_ca * q rounded; ca = q * kc rounded;
+            d_weight = d_logits^T ca accumulated in fp32, rounded to the weight dtype;
+            d_bias = column sums of the fp32 (unrounded) d_logits, rounded.
+``kernel="native"`` (csrc/span_dynamic_conv_cuda.cu, csrc/ops.cpp; the CPU path is the same):
+  as above, except that ca is never rounded (the projection is an fp32 GEMM on q * kc in fp32)
+  and d_logits is never rounded in the span op (the backward GEMMs take it in fp32).
+Inputs and the upstream gradient arrive in the dtype already, which :func:`rounded` reproduces.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+F64 = torch.float64
+
+
+def rnd(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` rounded to ``dtype`` (to nearest even), returned as float64."""
+    return x.to(dtype).to(F64)
+
+
+def _windows(values, mask, num_heads, kernel_size):
+    """[B, L, n, K, d]: the value at t + k - P for every token t and tap k (0 outside / padding)."""
+    batch, length, channels = values.shape
+    half = (kernel_size - 1) // 2
+    v = values.reshape(batch, length, num_heads, channels // num_heads)
+    if mask is not None:
+        v = v * mask[:, :, None, None].to(F64)
+    vpad = F.pad(v, (0, 0, 0, 0, half, half))
+    return torch.stack([vpad[:, k : k + length] for k in range(kernel_size)], dim=3)
+
+
+def _window_fwd(values, logits, mask, num_heads, dtype):
+    """(out rounded to dtype, fp32-kept probabilities [B, L, n, K])."""
+    batch, length, channels = values.shape
+    kernel_size = logits.shape[-1] // num_heads
+    p = torch.softmax(logits.reshape(batch, length, num_heads, kernel_size), dim=-1)
+    win = _windows(values, mask, num_heads, kernel_size)
+    out = torch.einsum("blnk,blnkd->blnd", p, win).reshape(batch, length, channels)
+    return rnd(out, dtype), p
+
+
+def _window_bwd(grad_out, values, p, mask, num_heads, dtype):
+    """(d_values rounded to dtype, d_logits [B, L, n*K] kept in fp32)."""
+    batch, length, channels = values.shape
+    kernel_size = p.shape[-1]
+    half = (kernel_size - 1) // 2
+    g = grad_out.reshape(batch, length, num_heads, channels // num_heads)
+    dp = torch.einsum("blnd,blnkd->blnk", g, _windows(values, mask, num_heads, kernel_size))
+    d_logits = p * (dp - (p * dp).sum(-1, keepdim=True))
+    # token t sends p[t, k] * g[t] to value position t + k - P
+    dv = torch.zeros(batch, length + 2 * half, num_heads, g.shape[-1], dtype=F64)
+    for k in range(kernel_size):
+        dv[:, k : k + length] += p[..., k, None] * g
+    dv = dv[:, half : half + length]
+    if mask is not None:
+        dv = dv * mask[:, :, None, None].to(F64)
+    return rnd(dv.reshape(batch, length, channels), dtype), d_logits.reshape(batch, length, -1)
+
+
+def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, mask, grad_out, dtype, kernel="triton"):
+    """Emulated ``(out, [d_query, d_key_conv, d_values, d_weight, d_bias])`` (float64 tensors).
+
+    The tensor arguments hold the dtype's numbers already (see :func:`rounded`); ``dtype`` picks
+    the rounding (``torch.float64`` disables it, ``torch.float32`` rounds to fp32).
+    """
+    triton = {"triton": True, "native": False}[kernel]
+    ca = query * key_conv
+    ca_op = rnd(ca, dtype) if triton else ca  # the projection's operand
+    logits = ca_op @ weight.T + (bias if bias is not None else 0.0)
+    out, p = _window_fwd(values, logits, mask, num_heads, dtype)
+
+    d_values, d_logits = _window_bwd(grad_out, values, p, mask, num_heads, dtype)
+    dl = d_logits.reshape(-1, weight.shape[0])
+    dl_op = rnd(dl, dtype) if triton else dl  # operand of both backward dots
+    d_ca = (dl_op @ weight).reshape(query.shape)
+    d_query = rnd(d_ca * key_conv, dtype)
+    d_key_conv = rnd(d_ca * query, dtype)
+    d_weight = rnd(dl_op.T @ ca_op.reshape(-1, ca.shape[-1]), dtype)
+    d_bias = rnd(dl.sum(0), dtype)
+    grads = [d_query, d_key_conv, d_values, d_weight] + ([d_bias] if bias is not None else [])
+    return out, grads
+
+
+def dynamic_conv(values, logits, num_heads, mask, grad_out, dtype):
+    """Emulated ``(out, [d_values, d_logits])`` of ``dynamic_conv`` (Triton and native agree)."""
+    out, p = _window_fwd(values, logits, mask, num_heads, dtype)
+    d_values, d_logits = _window_bwd(grad_out, values, p, mask, num_heads, dtype)
+    return out, [d_values, rnd(d_logits, dtype)]  # d_logits is stored in the logits' dtype
+
+
+def rounded(tensors, dtype):
+    """Detached float64 CPU copies of ``tensors`` rounded to ``dtype`` (None stays None)."""
+    return [None if t is None else rnd(t.detach().cpu().to(F64), dtype) for t in tensors]
