@@ -42,6 +42,7 @@ Non-contiguous inputs are read through their strides (no copies); outputs are co
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -52,6 +53,10 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 _INT32_MAX = 2**31 - 1
+# Left to itself, ptxas caps some 8-warp programs at 128 registers (two programs per SM) and
+# spills a few bytes rather than use more; for those specialisations only, the launch lifts the
+# cap to every register a thread can have (see _register_options).
+_MAXNREG = 255
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,11 +293,35 @@ def _acc_dtypes(dtype: torch.dtype):
     return tl.float32, torch.float32
 
 
+def _matmul_allows_tf32() -> bool:
+    """Whether torch lets fp32 matrix products use TF32, read through the API that is current.
+
+    torch >= 2.9 has ``torch.backends.cuda.matmul.fp32_precision`` ("ieee", "tf32", or "none" when
+    neither it nor the global ``torch.backends.fp32_precision`` was set: exact). Once any code sets
+    the new API (transformers' ``TrainingArguments(tf32=...)`` does), reading the legacy
+    ``allow_tf32`` raises, so it is read only where the new API does not exist.
+    """
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if precision is None:
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    return precision == "tf32"
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     """fp32 operands: follow torch's matmul TF32 switch (off by default, so exact 'ieee')."""
-    if dtype == torch.float32 and not INTERPRET and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and not INTERPRET and _matmul_allows_tf32():
         return "tf32"
     return "ieee"
+
+
+def _check_interpretable(dtype: torch.dtype, device: torch.device) -> None:
+    """The interpreter's bf16 ``tl.dot`` is wrong (relative errors of order 1): refuse, never guess."""
+    if INTERPRET and device.type == "cpu" and dtype == torch.bfloat16:
+        raise ValueError(
+            "triton backend: bfloat16 is not supported under the Triton interpreter (TRITON_INTERPRET=1), "
+            "whose bf16 tl.dot computes wrong results; use float32 or float16, or the 'native' or 'eager' "
+            "backend on CPU"
+        )
 
 
 def _head_group_cap(d_pad: int) -> int:
@@ -337,14 +366,20 @@ def _mask_args(padding_mask, dummy):
     return m, m.stride(0), m.stride(1), True
 
 
-def _token_tile(length: int, padded_channels: int) -> tuple[int, int]:
-    """(BLOCK_T, num_warps) for the per-token-tile kernels."""
+def _token_tile(length: int, width: int, itemsize: int, min_tokens: int = 16) -> tuple[int, int]:
+    """(BLOCK_T, num_warps) for the per-token-tile kernels.
+
+    ``width`` is the widest per-token tile the kernel keeps live (padded channels, or the n*K
+    logits); ``min_tokens`` is 16 where ``tl.dot`` needs it (the forward), less elsewhere.
+    """
     if INTERPRET:
         # the interpreter pays per program, not per element: few, large tiles
         return max(16, min(64, _pow2(length))), 4
-    # about 8K fp32 accumulator elements per program keeps registers in check
-    block_t = max(16, min(64, _floor_pow2(8192 // padded_channels)))
-    return block_t, (4 if block_t * padded_channels <= 4096 else 8)
+    # about 8K accumulator elements per program (4K for fp32 inputs, whose loaded tiles are twice
+    # as large) keep every specialisation clear of register spills (benchmarks/triton_resources.py)
+    budget = 8192 if itemsize <= 2 else 4096
+    block_t = max(min_tokens, min(64, _floor_pow2(budget // width)))
+    return block_t, (4 if block_t * width < 4096 else 8)
 
 
 def _proj_block_a(a_dim: int, nkp: int, block_t: int) -> int:
@@ -357,24 +392,101 @@ def _proj_block_a(a_dim: int, nkp: int, block_t: int) -> int:
 def _proj_config(tokens: int, a_dim: int, nkp: int, itemsize: int) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_A, num_warps) of the projection-backward kernel.
 
-    Its live set is the [NKP, BLOCK_A] d_weight accumulator, the weight block, the d_logits tile
-    and two dot results; fp32 operands (no tensor cores with input_precision="ieee") get half
-    as wide an A block to stay clear of register spills (checked with ptxas for sm_90).
+    Its live set is the [NKP, BLOCK_A] d_weight accumulator, the weight block, the [BLOCK_T, NKP]
+    d_logits tile and two dot results: wide NKP (K = 31) takes 16-token tiles, and fp32 operands
+    (no tensor cores with input_precision="ieee") the narrowest A block, to stay clear of
+    register spills (checked for every specialisation by benchmarks/triton_resources.py).
     """
     if INTERPRET:
         block_t = max(16, min(64, _pow2(tokens)))
         return block_t, _proj_block_a(a_dim, nkp, block_t), 4
-    block_t = 32
-    block_a = _proj_block_a(a_dim, nkp, block_t)
-    if itemsize >= 4:
-        block_a = max(16, block_a // 2)
+    block_t = max(16, min(32, _floor_pow2(4096 // nkp)))
+    block_a = 16 if itemsize >= 4 else _proj_block_a(a_dim, nkp, block_t)
     return block_t, block_a, 8
 
 
-def _num_programs_hint(device: torch.device) -> int:
+def programs_per_sm(regs_per_thread: int, num_warps: int, shared_bytes: int, *, regs_per_sm: int = 65536,
+                    max_threads_per_sm: int = 2048, shared_per_sm: int = 233472, max_blocks_per_sm: int = 32) -> int:
+    """How many programs of a kernel fit on one SM at once (CUDA's occupancy rules, sm_80/sm_90).
+
+    Registers are allocated per warp in units of 256; each resident block also reserves 1 KiB of
+    shared memory. The defaults are sm_90's limits.
+    """
+    regs_per_warp = -(-max(regs_per_thread, 1) * 32 // 256) * 256
+    by_regs = (regs_per_sm // regs_per_warp) // num_warps
+    by_threads = max_threads_per_sm // (32 * num_warps)
+    by_shared = shared_per_sm // (shared_bytes + 1024) if shared_bytes else max_blocks_per_sm
+    return max(1, min(by_regs, by_threads, by_shared, max_blocks_per_sm))
+
+
+def _resident_programs(device: torch.device, kernel, args, meta) -> int:
+    """Programs of this compiled specialisation of ``kernel`` that the whole GPU holds at once.
+
+    The kernel is compiled (or fetched from Triton's cache) without launching, and its real
+    register and shared-memory use decide the occupancy: the projection backward runs at
+    173-255 registers with 8 warps, where only one program fits per SM, not the two a fixed
+    guess would assume. It depends only on the shapes' specialisation and the device, so the
+    reduction order of the weight-gradient partials stays fixed.
+    """
     if INTERPRET or device.type != "cuda":
         return 4
-    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    with _device_guard(device):
+        compiled = _loaded(kernel.warmup(*args, grid=(1,), **_register_options(kernel, device, args, meta)))
+    props = torch.cuda.get_device_properties(device)
+    per_sm = programs_per_sm(
+        compiled.n_regs, compiled.metadata.num_warps, compiled.metadata.shared,
+        regs_per_sm=getattr(props, "regs_per_multiprocessor", 65536),
+        max_threads_per_sm=getattr(props, "max_threads_per_multi_processor", 2048),
+        shared_per_sm=getattr(props, "shared_memory_per_multiprocessor", 233472),
+    )
+    return per_sm * props.multi_processor_count
+
+
+def _loaded(compiled):
+    """The compiled kernel with its binary loaded, so ``n_regs`` and ``n_spills`` are filled in."""
+    compiled._init_handles()
+    return compiled
+
+
+def _spills(compiled) -> bool:
+    return _loaded(compiled).n_spills > 0
+
+
+# specialisation -> whether its launch lifts ptxas's register cap; decided once per process
+_CAP_LIFTED: dict[tuple, bool] = {}
+
+
+def _register_options(kernel, device: torch.device, args, meta) -> dict:
+    """``meta``, plus ``maxnreg`` where the default compile of this specialisation spills.
+
+    Decided once per kernel, device, constexprs, dtypes and integer hints (==1, %16), by
+    compiling without launching. The interpreter has no registers.
+    """
+    if INTERPRET:
+        return meta
+    hints = tuple(str(a.dtype) if isinstance(a, torch.Tensor) else (a == 1, a % 16 == 0) if isinstance(a, int)
+                  else None for a in args)
+    key = (kernel.__name__, str(device), hints, tuple((k, str(v)) for k, v in meta.items()))
+    if key not in _CAP_LIFTED:
+        with _device_guard(device):
+            _CAP_LIFTED[key] = _spills(kernel.warmup(*args, grid=(1,), **meta))
+    return dict(meta, maxnreg=_MAXNREG) if _CAP_LIFTED[key] else meta
+
+
+def _device_guard(device: torch.device):
+    """Make ``device`` current for a launch: Triton launches on the current CUDA device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _launch(kernel, grid, device: torch.device, *args, **meta):
+    """Every kernel launch goes through here, on the device of its tensors."""
+    options = _register_options(kernel, device, args, meta)
+    with _device_guard(device):
+        _run(kernel, grid, args, options)
+
+
+def _run(kernel, grid, args, options):
+    kernel[grid](*args, **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,6 +495,7 @@ def _num_programs_hint(device: torch.device) -> int:
 
 
 def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_mask, save_probs):
+    _check_interpretable(values.dtype, values.device)
     batch, length, channels = values.shape
     fused = logits is None
     kernel_size = (weight.shape[0] if fused else logits.shape[2]) // num_heads
@@ -395,7 +508,7 @@ def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_m
         return out, probs
 
     n_pad, k_pad, d_pad = _head_pads(num_heads, kernel_size, head_size)
-    block_t, num_warps = _token_tile(length, n_pad * d_pad)
+    block_t, num_warps = _token_tile(length, max(n_pad * d_pad, n_pad * k_pad), values.element_size())
     mask_t, s_mb, s_ml, has_mask = _mask_args(padding_mask, values)
     if fused:
         a_dim = query.shape[2]
@@ -412,7 +525,8 @@ def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_m
     int64 = _needs_int64(query, key_conv, values, logits, out, probs)
     tiles = triton.cdiv(length, block_t)
     grid = (tiles * batch, triton.cdiv(num_heads, n_pad))
-    _fwd_kernel[grid](
+    _launch(
+        _fwd_kernel, grid, values.device,
         q, kc, w, bias if bias is not None else values, lg, values, mask_t, out, probs,
         length, a_dim, channels, num_heads, head_size, tiles,
         *q_strides, *kc_strides, *w_strides, *lg_strides, *values.stride(), s_mb, s_ml,
@@ -452,6 +566,7 @@ def window_backward(grad_out, values, probs, num_heads, padding_mask, d_logits_d
         ``(d_values, d_logits)``: ``d_values`` ``[B, L, C]`` in the values' dtype, gathered
         without atomics; ``d_logits`` ``[B, L, n*K]`` in ``d_logits_dtype``.
     """
+    _check_interpretable(values.dtype, values.device)
     batch, length, channels = values.shape
     kernel_size = probs.shape[3]
     head_size = channels // num_heads
@@ -461,12 +576,14 @@ def window_backward(grad_out, values, probs, num_heads, padding_mask, d_logits_d
     if d_values.numel() == 0:
         return d_values.zero_(), d_logits.zero_()
     n_pad, k_pad, d_pad = _head_pads(num_heads, kernel_size, head_size)
-    block_t, num_warps = _token_tile(length, n_pad * d_pad)
+    # no tl.dot here, so tiles may be narrower than 16 tokens
+    block_t, num_warps = _token_tile(length, max(n_pad * d_pad, n_pad * k_pad), values.element_size(), min_tokens=1)
     mask_t, s_mb, s_ml, has_mask = _mask_args(padding_mask, values)
     int64 = _needs_int64(grad_out, values, probs, d_values, d_logits)
     tiles = triton.cdiv(length, block_t)
     grid = (tiles * batch, triton.cdiv(num_heads, n_pad))
-    _bwd_window_kernel[grid](
+    _launch(
+        _bwd_window_kernel, grid, values.device,
         grad_out, values, probs, mask_t, d_values, d_logits,
         length, channels, num_heads, head_size, tiles,
         *grad_out.stride(), *values.stride(), s_mb, s_ml,
@@ -484,6 +601,7 @@ def projection_backward(d_logits, query, key_conv, weight, num_heads):
     bias gradients are per-program partials summed by ``torch.sum`` in a fixed order, so they
     are bitwise reproducible.
     """
+    _check_interpretable(query.dtype, query.device)
     batch, length, a_dim = query.shape
     kernel_size = weight.shape[0] // num_heads
     n_k = weight.shape[0]
@@ -499,22 +617,27 @@ def projection_backward(d_logits, query, key_conv, weight, num_heads):
     block_t, block_a, num_warps = _proj_config(tokens, a_dim, nkp, query.element_size())
     a_blocks = triton.cdiv(a_dim, block_a)
     tiles = triton.cdiv(tokens, block_t)
-    # enough programs to fill the GPU, each looping over a run of tiles, so that the number of
-    # partial d_weight buffers (one per run) stays small; it depends only on the shapes and
-    # the device, which keeps the reduction order fixed
-    runs = max(1, min(tiles, triton.cdiv(_num_programs_hint(query.device), a_blocks)))
+    int64 = _needs_int64(query, key_conv, d_logits, d_query)  # the partials' offsets are int64 anyway
+
+    def args(tok_per_prog, dw_part, db_part):
+        return (d_logits, query, key_conv, weight, d_query, d_key_conv, dw_part, db_part,
+                tokens, length, a_dim, num_heads, tok_per_prog,
+                *query.stride(), *key_conv.stride(), *weight.stride())
+
+    meta = dict(K=kernel_size, BLOCK_T=block_t, BLOCK_A=block_a, N_PAD=n_pad, K_PAD=k_pad,
+                INT64=int64, PREC=_dot_precision(query.dtype), ACC=acc_tl, num_warps=num_warps)
+    # As many programs as the GPU holds at once, each looping over a run of tiles, so that the
+    # number of partial d_weight buffers (one per run) stays small. Any run length that is a
+    # multiple of BLOCK_T gives the same specialisation, so BLOCK_T stands in while sizing.
+    partial_like = torch.empty(1, dtype=acc_torch, device=query.device)  # same dtype and alignment
+    probe = args(block_t, partial_like, partial_like)
+    resident = _resident_programs(query.device, _bwd_proj_kernel, probe, meta)
+    runs = max(1, min(tiles, triton.cdiv(resident, a_blocks)))
     tok_per_prog = triton.cdiv(tiles, runs) * block_t
     runs = triton.cdiv(tokens, tok_per_prog)
     dw_part = torch.empty((runs, n_k, a_dim), dtype=acc_torch, device=query.device)
     db_part = torch.empty((runs, n_k), dtype=acc_torch, device=query.device)
-    int64 = _needs_int64(query, key_conv, d_logits, d_query, dw_part)
-    _bwd_proj_kernel[(runs, a_blocks)](
-        d_logits, query, key_conv, weight, d_query, d_key_conv, dw_part, db_part,
-        tokens, length, a_dim, num_heads, tok_per_prog,
-        *query.stride(), *key_conv.stride(), *weight.stride(),
-        K=kernel_size, BLOCK_T=block_t, BLOCK_A=block_a, N_PAD=n_pad, K_PAD=k_pad,
-        INT64=int64, PREC=_dot_precision(query.dtype), ACC=acc_tl, num_warps=num_warps,
-    )
+    _launch(_bwd_proj_kernel, (runs, a_blocks), query.device, *args(tok_per_prog, dw_part, db_part), **meta)
     d_weight = dw_part.sum(dim=0).to(weight.dtype)
     d_bias = db_part.sum(dim=0).to(weight.dtype)
     return d_query, d_key_conv, d_weight, d_bias
