@@ -1,9 +1,11 @@
 """Kernel benchmark: ``span_dynamic_conv`` forward / backward / forward+backward per provider.
 
 Providers: every backend ``convbert_kernels.available_backends(device)`` lists (reference = the
-Hugging Face unfold formulation, eager, triton, native), plus ``compiled-eager`` (``torch.compile``
-of the eager backend's function). On CPU the triton backend only exists through the slow Triton
-interpreter (TRITON_INTERPRET=1) and is left out unless ``--include-interpreted``.
+Hugging Face unfold formulation, eager, triton, native), plus ``compiled-reference`` and
+``compiled-eager`` (``torch.compile`` of the reference / eager backend's function: what
+torch.compile makes of transformers' own formulation, and of the K shifted multiply-adds). On CPU
+the triton backend only exists through the slow Triton interpreter (TRITON_INTERPRET=1) and is
+left out unless ``--include-interpreted``.
 
 Modes
     forward   the op on inputs that require grad (a training forward: it saves for backward)
@@ -12,7 +14,10 @@ Modes
 
 Every measurement is one JSON line in ``benchmarks/results/kernels-<device>.jsonl`` with the
 device, dtype, shapes, versions and git commit (see ``benchmarks/common.py`` for the timing and
-memory methods), and a speed-up table is printed at the end.
+memory methods), and a speed-up table is printed at the end. Achieved bandwidth is given against
+the op's memory-traffic floor (``floor_bytes`` / time = ``effective_gbps``), as a fraction of the
+device's data-sheet DRAM bandwidth (``fraction_of_floor``, CUDA only) and of a device-to-device
+copy measured once per run (``copy_gbps``, ``fraction_of_copy``; ``--copy-gbps`` gives it instead).
 
 Examples::
 
@@ -41,7 +46,8 @@ import torch
 import convbert_kernels
 from benchmarks import common
 
-PROVIDER_ORDER = ("reference", "eager", "compiled-eager", "triton", "native")
+PROVIDER_ORDER = ("reference", "compiled-reference", "eager", "compiled-eager", "triton", "native")
+COMPILED_PROVIDERS = {"compiled-reference": "reference", "compiled-eager": "eager"}  # name -> backend compiled
 MODES = ("forward", "backward", "full")
 
 # Peak DRAM bandwidth (GB/s) by device-name fragment, to express the measured time as a fraction of
@@ -114,15 +120,17 @@ def cases_from(spec: dict) -> list[Case]:
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_eager():
-    from convbert_kernels import eager
+def _compiled(backend: str):
+    """``torch.compile`` of a pure-PyTorch backend's ``span_dynamic_conv`` (reference or eager)."""
+    import importlib
 
+    module = importlib.import_module(f"convbert_kernels.{backend}")
     # The backward mode replays one graph with retain_graph=True, which compiled backwards with
     # donated buffers refuse; donation only saves memory, the kernels stay the same.
     import torch._functorch.config as functorch_config
 
     functorch_config.donated_buffer = False
-    return torch.compile(eager.span_dynamic_conv)
+    return torch.compile(module.span_dynamic_conv)
 
 
 def providers(device: torch.device, include_interpreted: bool = False, wanted=None) -> dict:
@@ -132,8 +140,9 @@ def providers(device: torch.device, include_interpreted: bool = False, wanted=No
     for name in PROVIDER_ORDER:
         if wanted and name not in wanted:
             continue
-        if name == "compiled-eager":
-            found[name] = lambda q, k, v, w, b, n: _compiled_eager()(q, k, v, w, b, n)
+        if name in COMPILED_PROVIDERS:
+            backend = COMPILED_PROVIDERS[name]
+            found[name] = lambda q, k, v, w, b, n, _backend=backend: _compiled(_backend)(q, k, v, w, b, n)
         elif name in available:
             if name == "triton" and device.type == "cpu" and not include_interpreted:
                 continue
@@ -207,6 +216,10 @@ def measure(case: Case, name: str, op, device: torch.device, modes, args) -> lis
             if peak:
                 row["peak_gbps"] = peak
                 row["fraction_of_floor"] = row["effective_gbps"] / peak
+            copy_gbps = getattr(args, "copy_gbps", None)
+            if copy_gbps:
+                row["copy_gbps"] = copy_gbps
+                row["fraction_of_copy"] = row["effective_gbps"] / copy_gbps
         except Exception as exc:  # noqa: BLE001
             if args.verbose:
                 traceback.print_exc()
@@ -255,6 +268,9 @@ def parse_args(argv=None):
     p.add_argument("--min-time", type=float, default=0.5, help="CPU: keep timing until this many seconds")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     p.add_argument("--peak-gbps", type=float, default=None, help="DRAM bandwidth for fraction_of_floor")
+    p.add_argument("--copy-gbps", type=float, default=None,
+                   help="device-to-device copy bandwidth (read + written) for fraction_of_copy; default: "
+                        "measured once per run (0: do not measure)")
     p.add_argument("--out", default=None, help="JSONL file to append to (default benchmarks/results/kernels-<device>.jsonl)")
     p.add_argument("--no-save", action="store_true", help="print only")
     p.add_argument("--verbose", action="store_true")
@@ -289,10 +305,12 @@ def main(argv=None) -> list[dict]:
         torch.set_num_threads(args.threads)
     spec = build_spec(args, device)
     provs = providers(device, args.include_interpreted, args.providers)
+    if args.copy_gbps is None:  # measured, not looked up: the ceiling a streaming kernel can reach here
+        args.copy_gbps = common.copy_bandwidth_gbps(device)
     cases = cases_from(spec)
     print(f"# span_dynamic_conv on {common.device_name(device)}: providers {list(provs)}, "
           f"{len(cases)} shapes, modes {spec['modes']}, dtype {spec['dtype']}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}", flush=True)
+          f"threads {torch.get_num_threads()}; copy bandwidth {args.copy_gbps or 0:.0f} GB/s", flush=True)
     out_path = Path(args.out) if args.out else common.results_path("kernels", device)
     all_rows = []
     for case in cases:

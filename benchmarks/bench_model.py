@@ -4,11 +4,16 @@ Providers
     convbert:<backend>   this project's ``convbert.ConvBertForMaskedLM`` with ``conv_backend=<backend>``
                          for every backend ``available_backends(device)`` lists (triton on CPU only
                          with --include-interpreted)
+    convbert-compiled:<backend>  the same model under ``torch.compile(model)``
     hf                   transformers' ConvBertForMaskedLM as is
     hf-patched           the same after ``convbert_kernels.patch_transformers(model)``
     hf-compiled          ``torch.compile(model)`` of the plain transformers model
     hf-patched-compiled  ``torch.compile`` of the patched model (not in the default list; ask for it
                          with --providers)
+
+The providers without torch.compile run first, then the ``--max-len`` search (if asked for), then
+the compiled providers, whose first step (the compilation) takes longest; ``--budget-s`` skips the
+providers that would start after that many seconds (they become rows with an ``error`` saying so).
 
 All providers start from the same weights (the transformers model's, loaded into this project's
 model by its checkpoint loader) and see the same batch; ``eval_loss`` (one forward in eval mode,
@@ -21,14 +26,23 @@ what was allocated before it (weights, gradients and optimizer state of earlier 
 see benchmarks/common.py for the CUDA and CPU methods); on CUDA also the absolute
 ``max_memory_allocated`` as ``peak_total_bytes``.
 
+Longest trainable length (``--max-len 512,1024,2048,4096,8192 --max-len-batch 8``): per provider
+(compiled ones left out unless named in ``--max-len-providers``: every new length would compile
+again), one training step at each length, shortest first, until one fails; the row
+(``bench="model-max-len"``) gives the longest length that trained, the one that failed and its error
+type (``OutOfMemoryError`` when the GPU ran out of memory). The model is built with
+``max_position_embeddings`` of at least the longest length.
+
     python -m benchmarks.bench_model --preset quick
     python -m benchmarks.bench_model --size base --batch 32 --seq-len 512 --dtype bf16
+    python -m benchmarks.bench_model --preset gpu --max-len 512,1024,2048,4096,8192 --max-len-batch 8
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import sys
 import time
 import traceback
@@ -58,8 +72,8 @@ PRESETS = {
 }
 
 
-def hf_config_kwargs(size: str) -> dict:
-    return {**COMMON, **SIZES[size], **SIZE_OVERRIDES.get(size, {})}
+def hf_config_kwargs(size: str, **overrides) -> dict:
+    return {**COMMON, **SIZES[size], **SIZE_OVERRIDES.get(size, {}), **overrides}
 
 
 def make_batch(size: str, batch: int, seq_len: int, device, seed: int = 0, mask_rate: float = 0.15):
@@ -70,39 +84,50 @@ def make_batch(size: str, batch: int, seq_len: int, device, seed: int = 0, mask_
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device)}
 
 
-def provider_names(device: torch.device, include_interpreted=False) -> list[str]:
-    names = []
-    for backend in convbert_kernels.available_backends(device):
-        if backend == "triton" and device.type == "cpu" and not include_interpreted:
-            continue
-        names.append(f"convbert:{backend}")
-    return names + ["hf", "hf-patched", "hf-compiled"]
+def provider_names(device: torch.device, include_interpreted=False, compiled=True) -> list[str]:
+    """The default providers: convbert:<backend> per available backend, the transformers ones, and
+    (``compiled``) their torch.compile versions, hf-compiled and convbert-compiled:<backend>."""
+    backends = [b for b in convbert_kernels.available_backends(device)
+                if not (b == "triton" and device.type == "cpu" and not include_interpreted)]
+    names = [f"convbert:{b}" for b in backends] + ["hf", "hf-patched"]
+    if compiled:
+        names += ["hf-compiled"] + [f"convbert-compiled:{b}" for b in backends]
+    return names
 
 
-def _hf_reference_state(size: str, seed: int = 0) -> dict:
+def is_compiled(provider: str) -> bool:
+    return provider.startswith("convbert-compiled:") or provider.endswith("-compiled")
+
+
+def _hf_reference_state(size: str, seed: int = 0, **config_overrides) -> dict:
     import transformers
 
     torch.manual_seed(seed)
-    model = transformers.ConvBertForMaskedLM(transformers.ConvBertConfig(**hf_config_kwargs(size)))
+    model = transformers.ConvBertForMaskedLM(transformers.ConvBertConfig(**hf_config_kwargs(size, **config_overrides)))
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def build(provider: str, size: str, state: dict, device):
-    """The model (moved to ``device``, train mode) and the callable to step it."""
-    if provider.startswith("convbert:"):
+def build(provider: str, size: str, state: dict, device, config_overrides: dict | None = None,
+          compile_backend: str = "inductor"):
+    """The model (moved to ``device``, train mode) and the callable to step it (the model itself, or
+    ``torch.compile(model, backend=compile_backend)`` for the compiled providers)."""
+    config_kwargs = hf_config_kwargs(size, **(config_overrides or {}))
+    if provider.startswith(("convbert:", "convbert-compiled:")):
         import convbert
 
-        config = convbert.ConvBertConfig(**hf_config_kwargs(size), conv_backend=provider.split(":", 1)[1])
+        config = convbert.ConvBertConfig(**config_kwargs, conv_backend=provider.split(":", 1)[1])
         model = convbert.ConvBertForMaskedLM(config)
         try:
             model.load_pretrained_state_dict(state)
         except Exception:  # noqa: BLE001 -- older/newer loader: fall back to a plain load
             model.load_state_dict(state, strict=False)
         model.to(device)
+        if provider.startswith("convbert-compiled:"):
+            return model, torch.compile(model, backend=compile_backend)
         return model, model
     import transformers
 
-    model = transformers.ConvBertForMaskedLM(transformers.ConvBertConfig(**hf_config_kwargs(size)))
+    model = transformers.ConvBertForMaskedLM(transformers.ConvBertConfig(**config_kwargs))
     model.load_state_dict(state, strict=False)
     model.to(device)
     if provider == "hf":
@@ -111,10 +136,10 @@ def build(provider: str, size: str, state: dict, device):
         convbert_kernels.patch_transformers(model)
         return model, model
     if provider == "hf-compiled":
-        return model, torch.compile(model)
+        return model, torch.compile(model, backend=compile_backend)
     if provider == "hf-patched-compiled":
         convbert_kernels.patch_transformers(model)
-        return model, torch.compile(model)
+        return model, torch.compile(model, backend=compile_backend)
     raise ValueError(f"unknown provider {provider!r}")
 
 
@@ -124,26 +149,43 @@ def _autocast(device, dtype_name):
     return torch.autocast(device_type=device.type, dtype=common.dtype_from_name(dtype_name))
 
 
+def _train_step(model, fn, device, dtype_name):
+    """A training-step callable for ``fn`` (the model or its compiled version): forward under
+    autocast, backward, AdamW step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(batch):
+        with _autocast(device, dtype_name):
+            loss = fn(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def _free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def measure(provider: str, args, device: torch.device, state: dict, batch: dict) -> dict:
     row = dict(bench="model", provider=provider, size=args.size, batch=args.batch, seq_len=args.seq_len,
                dtype=args.dtype, optimizer="AdamW", **{k: v for k, v in hf_config_kwargs(args.size).items()
                                                        if k in ("hidden_size", "num_hidden_layers", "vocab_size")},
                **common.environment(device))
     try:
-        model, fn = build(provider, args.size, state, device)
+        model, fn = build(provider, args.size, state, device, compile_backend=args.compile_backend)
         model.eval()
         with torch.no_grad(), _autocast(device, args.dtype):
             row["eval_loss"] = float(model(**batch).loss)
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        train_step = _train_step(model, fn, device, args.dtype)
 
         def step():
-            with _autocast(device, args.dtype):
-                loss = fn(**batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.detach()
+            return train_step(batch)
 
         torch.manual_seed(0)
         t0 = time.perf_counter()
@@ -165,9 +207,75 @@ def measure(provider: str, args, device: torch.device, state: dict, batch: dict)
             traceback.print_exc()
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     finally:
-        model = fn = opt = None  # noqa: F841
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        model = fn = train_step = step = None  # noqa: F841
+        _free(device)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# Longest trainable sequence length
+# ----------------------------------------------------------------------------------------------
+
+OOM_ERRORS = tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError})
+
+
+def longest_trainable(try_length, lengths) -> dict:
+    """Call ``try_length(L)`` for each length, shortest first, until one raises.
+
+    Returns ``max_len`` (the longest length that ran, None if none did), ``failed_len`` (the first
+    that raised, None if all ran), ``failed_error_type`` / ``failed_error`` (its exception class name
+    and first line), ``oom`` (whether it was an out-of-memory error) and ``info`` (what
+    ``try_length`` returned for ``max_len``). Longer lengths are not tried after a failure: memory
+    only grows with L. (A row's own ``error`` key is kept for a search that could not run at all.)
+    """
+    result = dict(max_len=None, failed_len=None, failed_error_type=None, failed_error=None, oom=False, info=None)
+    for length in sorted(lengths):
+        try:
+            info = try_length(length)
+        except Exception as exc:  # noqa: BLE001 -- the failure (usually OOM) is the measurement
+            result.update(failed_len=length, failed_error_type=type(exc).__name__, oom=isinstance(exc, OOM_ERRORS),
+                          failed_error=(str(exc).strip().splitlines() or [""])[0][:200])
+            break
+        result.update(max_len=length, info=info)
+    return result
+
+
+def measure_max_len(provider: str, args, device: torch.device, state: dict, overrides: dict) -> dict:
+    """One ``bench="model-max-len"`` row: the longest of ``args.max_len`` that ``provider`` trains
+    at batch ``args.max_len_batch`` (one full training step each, shortest first)."""
+    row = dict(bench="model-max-len", provider=provider, size=args.size, batch=args.max_len_batch,
+               dtype=args.dtype, lengths=sorted(args.max_len), **common.environment(device))
+    model = fn = step = None
+    try:
+        model, fn = build(provider, args.size, state, device, config_overrides=overrides,
+                          compile_backend=args.compile_backend)
+        model.train()
+        step = _train_step(model, fn, device, args.dtype)
+
+        def try_length(length):
+            batch = make_batch(args.size, args.max_len_batch, length, device, seed=length)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            step(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            info = {"step_ms": (time.perf_counter() - t0) * 1e3}
+            if device.type == "cuda":
+                info["peak_total_bytes"] = int(torch.cuda.max_memory_allocated(device))
+            return info
+
+        result = longest_trainable(try_length, args.max_len)
+        info = result.pop("info") or {}
+        row.update(result, **{f"{k}_at_max_len": v for k, v in info.items()})
+    except Exception as exc:  # noqa: BLE001 -- building the model failed
+        if args.verbose:
+            traceback.print_exc()
+        row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    finally:
+        model = fn = step = None  # noqa: F841 -- drop every reference before emptying the cache
+        _free(device)
     return row
 
 
@@ -184,6 +292,15 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed steps after the first one (default 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed steps (default 5)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-len", type=lambda s: [int(x) for x in s.split(",") if x], default=None,
+                   help="also find the longest of these lengths each provider trains at, e.g. 512,1024,2048,4096,8192")
+    p.add_argument("--max-len-batch", type=int, default=8, help="batch size of the --max-len search")
+    p.add_argument("--max-len-providers", type=lambda s: s.split(","), default=None,
+                   help="providers of the --max-len search (default: the timed ones without torch.compile)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of the compiled providers (aot_eager: quick, for smoke runs)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="skip the providers (and searches) that would start after this many seconds")
     p.add_argument("--out", default=None, help="JSONL (default benchmarks/results/model-<device>.jsonl)")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--verbose", action="store_true")
@@ -207,25 +324,62 @@ def main(argv=None) -> list[dict]:
     print(f"# ConvBertForMaskedLM training step on {common.device_name(device)}: {args.size}, B={args.batch}, "
           f"L={args.seq_len}, {args.dtype}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"providers {names}", flush=True)
+    start = time.perf_counter()
     state = _hf_reference_state(args.size)
     batch = make_batch(args.size, args.batch, args.seq_len, device)
     out_path = Path(args.out) if args.out else common.results_path("model", device)
     rows = []
-    for name in names:
-        row = measure(name, args, device, state, batch)
-        if "error" in row:
-            print(f"{name:>20}: ERROR {row['error']}", flush=True)
-        else:
-            print(f"{name:>20}: median {row['median_ms']:.1f} ms [p20 {row['p20_ms']:.1f}, p80 {row['p80_ms']:.1f}] "
-                  f"{row['tokens_per_s']:.0f} tokens/s, peak {common.fmt_bytes(row['peak_bytes'])}, "
-                  f"eval loss {row['eval_loss']:.5f}, first step {row['first_step_ms']:.0f} ms", flush=True)
+
+    def over_budget(what: str) -> dict | None:
+        if args.budget_s is None or time.perf_counter() - start <= args.budget_s:
+            return None
+        return dict(error=f"skipped: the time budget of {args.budget_s:.0f} s was used up before {what}")
+
+    def save(row):
         if not args.no_save:
             common.append_rows(out_path, [row])
         rows.append(row)
-    from benchmarks import plot
+
+    def timed(name):
+        skipped = over_budget(name)
+        row = (dict(bench="model", provider=name, size=args.size, batch=args.batch, seq_len=args.seq_len,
+                    dtype=args.dtype, **common.environment(device), **skipped) if skipped
+               else measure(name, args, device, state, batch))
+        if "error" in row:
+            print(f"{name:>27}: ERROR {row['error']}", flush=True)
+        else:
+            print(f"{name:>27}: median {row['median_ms']:.1f} ms [p20 {row['p20_ms']:.1f}, p80 {row['p80_ms']:.1f}] "
+                  f"{row['tokens_per_s']:.0f} tokens/s, peak {common.fmt_bytes(row['peak_bytes'])}, "
+                  f"eval loss {row['eval_loss']:.5f}, first step {row['first_step_ms']:.0f} ms", flush=True)
+        save(row)
+
+    # Cheap providers first, then the length search, then the compiled ones (slowest to start).
+    for name in [n for n in names if not is_compiled(n)]:
+        timed(name)
+    if args.max_len:
+        overrides = dict(max_position_embeddings=max(max(args.max_len),
+                                                     hf_config_kwargs(args.size)["max_position_embeddings"]))
+        search_state = _hf_reference_state(args.size, **overrides)
+        search = args.max_len_providers or [n for n in names if not is_compiled(n)]
+        print(f"# longest trainable length at B={args.max_len_batch} of {sorted(args.max_len)}: {search}", flush=True)
+        for name in search:
+            skipped = over_budget(f"the length search of {name}")
+            row = (dict(bench="model-max-len", provider=name, size=args.size, batch=args.max_len_batch,
+                        dtype=args.dtype, lengths=sorted(args.max_len), **common.environment(device), **skipped)
+                   if skipped else measure_max_len(name, args, device, search_state, overrides))
+            print(f"{name:>27}: " + (f"ERROR {row['error']}" if "error" in row else
+                  f"max L {row['max_len']}, failed at {row['failed_len']} ({row['failed_error_type']})"), flush=True)
+            save(row)
+        search_state = None
+    for name in [n for n in names if is_compiled(n)]:
+        timed(name)
+    from benchmarks import gpu_summary, plot
 
     print()
     print(plot.model_table(rows))
+    if args.max_len:
+        print()
+        print(gpu_summary.max_len_table(rows))
     if not args.no_save:
         print(f"\nrows appended to {out_path}")
     return rows

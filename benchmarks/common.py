@@ -76,6 +76,8 @@ def device_slug(device: torch.device | str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def git_commit() -> str:
+    """``git rev-parse --short=12 HEAD`` (``-dirty`` when tracked files changed); without git or
+    a ``.git`` folder (e.g. a copied tree on a GPU machine), ``$CONVBERT_COMMIT`` or "unknown"."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
@@ -85,7 +87,7 @@ def git_commit() -> str:
         ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("CONVBERT_COMMIT") or "unknown"
 
 
 def _version(module: str) -> str | None:
@@ -215,6 +217,28 @@ def time_fn(fn: Callable[[], object], device: torch.device | str, *, grad_to_non
         return time_cuda(fn, grad_to_none=grad_to_none)
     return time_cpu(fn, warmup=cpu_warmup, repeats=cpu_repeats, min_time_s=cpu_min_time_s,
                     grad_to_none=grad_to_none)
+
+
+def copy_bandwidth_gbps(device: torch.device | str, nbytes: int | None = None) -> float:
+    """Achieved bandwidth of one large device-to-device copy (``dst.copy_(src)``), in GB/s
+    (1e9 bytes/s), counting the bytes read plus the bytes written (2 * ``nbytes``).
+
+    A practical ceiling for a memory-bound kernel, measured on the machine at hand rather than
+    taken from a data sheet: ``effective_gbps / copy_gbps`` says how close a kernel gets to
+    just streaming its bytes. Default size: 1 GiB on CUDA (far above any L2), 64 MiB on CPU.
+    """
+    device = torch.device(device)
+    if nbytes is None:
+        nbytes = 2**30 if device.type == "cuda" else 64 * 2**20
+    numel = max(1, nbytes // 4)
+    src = torch.ones(numel, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    fn = functools.partial(dst.copy_, src)
+    if device.type == "cuda":
+        median_ms = time_cuda(fn)["median_ms"]
+    else:
+        median_ms = time_cpu(fn, warmup=1, repeats=5, clock="wall")["median_ms"]
+    return 2 * numel * 4 / (median_ms * 1e-3) / 1e9
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Options:
     --bench-device cpu|cuda   where to run (default: cuda when available)
     --bench-threads N         torch.set_num_threads(N); with 1, add --benchmark-timer time.thread_time
                               for CPU time that ignores waiting for a core on a busy machine
-    --bench-compile           also benchmark the torch.compile providers (compiled-eager, hf-compiled);
+    --bench-compile           also benchmark the torch.compile providers (compiled-reference,
+                              compiled-eager, hf-compiled);
                               off by default because compiling takes tens of seconds on a small CPU
 """
 

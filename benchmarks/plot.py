@@ -22,7 +22,7 @@ if __package__ in (None, ""):
 
 from benchmarks import common
 
-PROVIDER_ORDER = ("reference", "eager", "compiled-eager", "triton", "native")
+PROVIDER_ORDER = ("reference", "compiled-reference", "eager", "compiled-eager", "triton", "native")
 MODE_ORDER = ("forward", "backward", "full")
 MODE_TITLE = {"forward": "forward", "backward": "backward", "full": "forward + backward"}
 

@@ -19,7 +19,7 @@ from benchmarks import bench_kernels, bench_model, common, plot
 KERNEL_PROVIDERS = bench_kernels.PROVIDER_ORDER
 MODEL_PROVIDERS = ["convbert:reference", "convbert:eager", "convbert:triton", "convbert:native",
                    "hf", "hf-patched", "hf-compiled"]
-COMPILED = {"compiled-eager", "hf-compiled"}
+COMPILED = {"compiled-reference", "compiled-eager", "hf-compiled"}
 
 
 def small_case(device) -> bench_kernels.Case:

@@ -3,8 +3,8 @@
 # per provider and a ConvBertForMaskedLM training step per provider, then the speed-up tables.
 # Rows go to .benchmarks/ (git-ignored); the committed figures come from the full sweeps:
 #   python -m benchmarks.bench_kernels --preset cpu|gpu ; python -m benchmarks.bench_model --preset cpu|gpu
-# Environment: BENCH_THREADS=N (torch threads on CPU), BENCH_COMPILE=1 (also torch.compile the
-# transformers model on CPU, slow to compile), BENCH_OUT=DIR. Extra arguments go to bench_kernels.
+# Environment: BENCH_THREADS=N (torch threads on CPU), BENCH_COMPILE=1 (also the torch.compile'd
+# models on CPU, slow to compile), BENCH_OUT=DIR. Extra arguments go to bench_kernels.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 unset TRITON_INTERPRET  # never time the Triton interpreter
@@ -19,7 +19,7 @@ python -m benchmarks.bench_kernels --preset quick "${threads[@]}" --out "$out/qu
     > "$out/quick-kernels-$slug.log"
 model_providers=()
 if [ "$on_gpu" = 0 ] && [ "${BENCH_COMPILE:-0}" != 1 ]; then
-    model_providers=(--providers "$(python -c 'import torch; from benchmarks.bench_model import provider_names; print(",".join(p for p in provider_names(torch.device("cpu")) if p != "hf-compiled"))')")
+    model_providers=(--providers "$(python -c 'import torch; from benchmarks.bench_model import provider_names; print(",".join(provider_names(torch.device("cpu"), compiled=False)))')")
 fi
 python -m benchmarks.bench_model --preset quick "${threads[@]}" "${model_providers[@]}" \
     --out "$out/quick-model-$slug.jsonl" > "$out/quick-model-$slug.log"
