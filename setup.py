@@ -21,6 +21,8 @@ from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
+# A register spill in any of the project's kernels fails the build (ptxas warns, then errors).
+NVCC_PTXAS_FLAGS = ["-Xptxas=--warn-on-spills,--warning-as-error"]
 
 
 def _extensions():
@@ -54,7 +56,7 @@ def _extensions():
             sources=sources + cuda_sources,
             depends=depends,
             define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", *NVCC_PTXAS_FLAGS]},
             extra_link_args=openmp,
         )
     else:

@@ -74,7 +74,8 @@ def jit_build(csrc: Path | str = _CSRC, build_dir: str | None = None, with_cuda:
             name="convbert_kernels_C" + ("_cuda" if cu_sources else "_cpu"),
             sources=sources + cu_sources,
             extra_cflags=["-O3", *_openmp_flags(), *defines],
-            extra_cuda_cflags=["-O3", *defines],
+            # as setup.py: a register spill in the project's kernels fails the build
+            extra_cuda_cflags=["-O3", "-Xptxas=--warn-on-spills,--warning-as-error", *defines],
             extra_ldflags=_openmp_flags(),
             build_directory=build_dir,
             with_cuda=bool(cu_sources),
