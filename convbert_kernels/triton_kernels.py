@@ -419,27 +419,41 @@ def programs_per_sm(regs_per_thread: int, num_warps: int, shared_bytes: int, *, 
     return max(1, min(by_regs, by_threads, by_shared, max_blocks_per_sm))
 
 
+def _specialisation(kernel, device: torch.device, args, meta) -> tuple:
+    """What Triton compiles a launch for: constexprs and options, pointer dtypes and 16-byte
+    alignment, integers equal to 1 or divisible by 16; with the kernel and the device."""
+    hints = tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else (a == 1, a % 16 == 0)
+                  for a in args)
+    return (kernel, device, tuple(meta.items()), hints)
+
+
+# specialisation -> programs the GPU holds at once; measured once per process
+_RESIDENT: dict[tuple, int] = {}
+
+
 def _resident_programs(device: torch.device, kernel, args, meta) -> int:
     """Programs of this compiled specialisation of ``kernel`` that the whole GPU holds at once.
 
     The kernel is compiled (or fetched from Triton's cache) without launching, and its real
     register and shared-memory use decide the occupancy: the projection backward runs at
     173-255 registers with 8 warps, where only one program fits per SM, not the two a fixed
-    guess would assume. It depends only on the shapes' specialisation and the device, so the
-    reduction order of the weight-gradient partials stays fixed.
+    guess would assume. It depends only on the specialisation and the device, so the reduction
+    order of the weight-gradient partials stays fixed.
     """
     if INTERPRET or device.type != "cuda":
         return 4
-    with _device_guard(device):
-        compiled = _loaded(kernel.warmup(*args, grid=(1,), **_register_options(kernel, device, args, meta)))
-    props = torch.cuda.get_device_properties(device)
-    per_sm = programs_per_sm(
-        compiled.n_regs, compiled.metadata.num_warps, compiled.metadata.shared,
-        regs_per_sm=getattr(props, "regs_per_multiprocessor", 65536),
-        max_threads_per_sm=getattr(props, "max_threads_per_multi_processor", 2048),
-        shared_per_sm=getattr(props, "shared_memory_per_multiprocessor", 233472),
-    )
-    return per_sm * props.multi_processor_count
+    key = _specialisation(kernel, device, args, meta)
+    if key not in _RESIDENT:
+        with _device_guard(device):
+            compiled = _loaded(kernel.warmup(*args, grid=(1,), **_register_options(kernel, device, args, meta)))
+        props = torch.cuda.get_device_properties(device)
+        _RESIDENT[key] = props.multi_processor_count * programs_per_sm(
+            compiled.n_regs, compiled.metadata.num_warps, compiled.metadata.shared,
+            regs_per_sm=getattr(props, "regs_per_multiprocessor", 65536),
+            max_threads_per_sm=getattr(props, "max_threads_per_multi_processor", 2048),
+            shared_per_sm=getattr(props, "shared_memory_per_multiprocessor", 233472),
+        )
+    return _RESIDENT[key]
 
 
 def _loaded(compiled):
@@ -459,14 +473,12 @@ _CAP_LIFTED: dict[tuple, bool] = {}
 def _register_options(kernel, device: torch.device, args, meta) -> dict:
     """``meta``, plus ``maxnreg`` where the default compile of this specialisation spills.
 
-    Decided once per kernel, device, constexprs, dtypes and integer hints (==1, %16), by
-    compiling without launching. The interpreter has no registers.
+    Decided once per specialisation by compiling without launching. The interpreter has no
+    registers.
     """
     if INTERPRET:
         return meta
-    hints = tuple(str(a.dtype) if isinstance(a, torch.Tensor) else (a == 1, a % 16 == 0) if isinstance(a, int)
-                  else None for a in args)
-    key = (kernel.__name__, str(device), hints, tuple((k, str(v)) for k, v in meta.items()))
+    key = _specialisation(kernel, device, args, meta)
     if key not in _CAP_LIFTED:
         with _device_guard(device):
             _CAP_LIFTED[key] = _spills(kernel.warmup(*args, grid=(1,), **meta))
