@@ -35,6 +35,13 @@ in the backward (1.5 KB per token at base, bf16) plus the projection again; savi
 simpler and, by this byte count, cheaper. (Not yet measured on a GPU.) When no input needs a
 gradient the probabilities are not written at all (``SAVE_PROBS=False``).
 
+Launching: every launch goes through ``_launch``, under a device guard (the tensors' device, not
+the current one). Per specialisation, decided once per process by compiling without launching:
+whether ptxas's default register cap would spill (then ``maxnreg`` lifts it), and, for the
+projection backward, how many programs the GPU holds at once (its grid). Tile sizes keep every
+specialisation of the benchmark shapes and test extremes free of spills on sm_80 and sm_90;
+``python -m benchmarks.triton_resources`` checks that ahead of time, without a GPU.
+
 64-bit offsets: when any tensor spans more than 2^31 - 1 elements (``B * L * C > 2^31`` etc.)
 the kernels are specialised with ``INT64=True`` and compute every offset in int64.
 Non-contiguous inputs are read through their strides (no copies); outputs are contiguous.
