@@ -8,8 +8,9 @@
 #   setup          device, driver, versions, commit; installs the project with no download
 #                  (pip install --no-build-isolation --no-deps --no-index -e ., MAX_JOBS=$(nproc),
 #                  TORCH_CUDA_ARCH_LIST from the device) and checks the native CUDA kernels registered
-#   tests          pytest tests -q on CUDA (Triton compiled, bf16 included), then every torch.compile
-#                  test (pytest --collect-only -q -k compile tests) alone in a fresh process
+#   tests          the whole suite on CUDA (Triton compiled, bf16 included): the gpu-marked tests first,
+#                  then the rest; then every torch.compile test (pytest --collect-only -q -k compile
+#                  tests) alone in a fresh process
 #   sanitize       compute-sanitizer memcheck, racecheck, synccheck, initcheck over every native CUDA op
 #                  (scripts/gpu_sanitize_ops.py), and memcheck over the Triton kernels
 #   bench-kernels  span_dynamic_conv at ConvBERT-base dims (B=32 L=512 A=C=384 n=6 K=9), bf16 and
@@ -241,26 +242,40 @@ EOF
 
 stage_tests() {
     ensure_built || log "WARNING: no native extension; going on without the native backend"
-    local suite collect extra=() more=() rc t0 i=0
+    local collect extra=() more=() rc t0 i=0 suite_end
     if [ "$dry_run" = 1 ]; then
-        suite=(tests/test_ops.py -k fp32)
         collect=(tests/test_triton.py -k "compile and aot_eager")
     else
-        suite=(tests)
         collect=(tests -k compile)
     fi
     # a hung test then fails alone instead of eating the stage (pytest-timeout is on the GPU machine)
     "$PY" -c 'import pytest_timeout' 2>/dev/null && extra=(--timeout 300)
     # e.g. GPU_CHECK_PYTEST_ARGS="-n 4" (pytest-xdist is there too) when the suite is too slow
     read -r -a more <<<"${GPU_CHECK_PYTEST_ARGS:-}"
-    log "pytest ${suite[*]} ${extra[*]} ${more[*]}"
-    t0=$(date +%s)
     # the suite leaves two minutes of the stage (at least a third) to the torch.compile tests run alone
-    local share=$((STAGE_CAP - 120 > STAGE_CAP * 2 / 3 ? STAGE_CAP - 120 : STAGE_CAP * 2 / 3))
-    timeout -k 10 "$(limit "$share")" "$PY" -m pytest -q -p no:cacheprovider "${extra[@]}" "${more[@]}" "${suite[@]}" \
-        --junitxml="$WORK/tests/suite.xml" 2>&1
-    rc=$?
-    printf 'suite\t%s\t%s\t%s\n' "$WORK/tests/suite.xml" "$rc" "$(($(date +%s) - t0))" >>"$WORK/tests/runs.tsv"
+    suite_end=$(($(date +%s) + (STAGE_CAP - 120 > STAGE_CAP * 2 / 3 ? STAGE_CAP - 120 : STAGE_CAP * 2 / 3)))
+    run_suite() {  # run_suite LABEL PYTEST-ARGS...: one pytest run, recorded in runs.tsv
+        local label="$1"
+        shift
+        if [ $((suite_end - $(date +%s))) -lt 30 ]; then
+            printf '%s\t\tnotime\t0\n' "$label" >>"$WORK/tests/runs.tsv"
+            return
+        fi
+        log "pytest $* ${extra[*]} ${more[*]}"
+        t0=$(date +%s)
+        timeout -k 10 "$(limit $((suite_end - $(date +%s))))" "$PY" -m pytest -q -p no:cacheprovider "${extra[@]}" \
+            "${more[@]}" "$@" --junitxml="$WORK/tests/$label.xml" 2>&1
+        rc=$?
+        printf '%s\t%s\t%s\t%s\n' "$label" "$WORK/tests/$label.xml" "$rc" "$(($(date +%s) - t0))" >>"$WORK/tests/runs.tsv"
+    }
+    if [ "$dry_run" = 1 ]; then
+        run_suite suite tests/test_ops.py -k fp32
+    else
+        # the GPU tests first: should time run short, what only the card can show is in hand
+        # (CI runs the rest on CPU under this machine's stack too)
+        run_suite gpu-tests tests -m gpu
+        run_suite other-tests tests -m "not gpu"
+    fi
 
     log "torch.compile tests, each in a fresh process: pytest --collect-only -q ${collect[*]}"
     "$PY" -m pytest --collect-only -q -p no:cacheprovider "${collect[@]}" >"$WORK/tests/collect.txt" 2>&1
