@@ -31,7 +31,7 @@ def _skip_unavailable(name, device, with_compile):
     if name in COMPILED and not with_compile:
         pytest.skip("torch.compile providers need --bench-compile")
     backend = name.split(":", 1)[-1]
-    if backend in convbert_kernels.backends._BACKEND_MODULES:
+    if backend in convbert_kernels.backends.known_backends():
         if backend not in convbert_kernels.available_backends(device):
             pytest.skip(f"backend {backend} is not available on {device}")
         if backend == "triton" and device.type == "cpu":

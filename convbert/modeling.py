@@ -309,7 +309,9 @@ class ConvBertPreTrainedModel(PreTrainedMixin, nn.Module):
         if not isinstance(config, ConvBertConfig):
             raise TypeError(f"config must be a ConvBertConfig, got {type(config).__name__}")
         self.config = config
-        convbert_kernels.load_backends()  # so torch.compile never has to import one mid-trace
+        # the conv backend is imported now (only it: an eager model never builds the native
+        # extension), so torch.compile never has to import one mid-trace
+        convbert_kernels.load_backends(config.conv_backend)
 
     def post_init(self) -> None:
         self.apply(self._init_weights)

@@ -66,13 +66,42 @@ def _load(name: str) -> Backend | None:
     return _loaded[name]
 
 
-def load_backends() -> None:
-    """Import every backend now (Triton, the native extension) rather than on first use.
+def known_backends() -> list[str]:
+    """Every backend name this package defines, available here or not (``"auto"`` not included)."""
+    return list(_BACKEND_MODULES)
+
+
+def _auto_candidates() -> list[str]:
+    """What ``"auto"`` may reach in this process: its choices for the CPU, and for CUDA if present."""
+    device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    names = []
+    for device_type in device_types:
+        for candidate in _AUTO_ORDER[device_type]:
+            backend = _load(candidate)
+            if backend is not None and backend.is_available(torch.device(device_type)):
+                names.append(candidate)
+                break
+    return names
+
+
+def load_backends(backend: str | None = None) -> None:
+    """Import backends now (Triton, the native extension) rather than on first use.
 
     Needed before ``torch.compile`` traces a call to the ops, since tracing cannot import
-    modules; the ConvBERT models call it when they are built.
+    modules; the ConvBERT models and :func:`patch_transformers` call it with their backend.
+
+    Args:
+        backend: one name: load that backend only; ``"auto"``: the backends ``"auto"`` can pick in
+            this process (for the CPU, and for CUDA when a GPU is present), trying them in order;
+            None: every backend. Loading never fails: why a backend is missing is kept for
+            :func:`backend_load_error`.
     """
-    for name in _BACKEND_MODULES:
+    if backend == "auto":
+        _auto_candidates()
+        return
+    if backend is not None and backend not in _BACKEND_MODULES:
+        raise ValueError(f"unknown backend {backend!r}; known backends: {['auto', *_BACKEND_MODULES]}")
+    for name in [backend] if backend else _BACKEND_MODULES:
         _load(name)
 
 

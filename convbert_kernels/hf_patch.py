@@ -209,7 +209,7 @@ def patch_transformers(model: nn.Module | None = None, backend: str = "auto") ->
     """
     cls = _self_attention_class()
     _check_backend_name(backend)
-    load_backends()  # import Triton / the native extension now: torch.compile cannot import mid-trace
+    load_backends(backend)  # import the backend(s) now: torch.compile cannot import mid-trace
     if model is None:
         current = cls.__dict__["forward"]
         original = _ORIGINAL_CLASS_FORWARD.get(cls, current) if _is_patched(current) else current
@@ -263,7 +263,7 @@ def _original_class_forward(klass: type):
 
 
 def _check_backend_name(backend: str) -> None:
-    from .backends import _BACKEND_MODULES
+    from .backends import known_backends
 
-    if backend != "auto" and backend not in _BACKEND_MODULES:
-        raise ValueError(f"unknown backend {backend!r}; known backends: {['auto', *_BACKEND_MODULES]}")
+    if backend != "auto" and backend not in known_backends():
+        raise ValueError(f"unknown backend {backend!r}; known backends: {['auto', *known_backends()]}")

@@ -228,3 +228,23 @@ def test_autocast_mixed_precision_forward_and_backward(dtype):
     with torch.no_grad():
         reference = model(x, labels=x).loss
     assert abs(out.loss.item() - reference.item()) < 0.05 * abs(reference.item())
+
+
+def test_an_eager_model_never_touches_the_native_extension():
+    """Building and running a model on another backend imports neither the extension nor Triton."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, convbert\n"
+        "config = convbert.ConvBertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,"
+        " intermediate_size=64, embedding_size=16, conv_backend='eager')\n"
+        "model = convbert.ConvBertModel(config).eval()\n"
+        "model(torch.randint(0, 50, (2, 9)))\n"
+        "loaded = [m for m in ('convbert_kernels.native', 'convbert_kernels._C', 'convbert_kernels.triton_backend')"
+        " if m in sys.modules]\n"
+        "print('loaded:', loaded)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loaded: []" in proc.stdout
