@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 # A register spill in any of the project's kernels fails the build (ptxas warns, then errors).
 NVCC_PTXAS_FLAGS = ["-Xptxas=--warn-on-spills,--warning-as-error"]
+# Without TORCH_CUDA_ARCH_LIST: A100 and H100 (sm_80, sm_90), not every architecture nvcc knows.
+# Given as flags, since PyTorch adds its own only when none are given; the environment is left alone.
+DEFAULT_ARCH_FLAGS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
 
 
 def _extensions():
@@ -49,14 +52,14 @@ def _extensions():
     cxx_flags = ["-O3", *openmp]
     define_macros = []
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        arch_flags = [] if os.environ.get("TORCH_CUDA_ARCH_LIST") else DEFAULT_ARCH_FLAGS
         define_macros.append(("CONVBERT_WITH_CUDA", None))
         ext = cpp_extension.CUDAExtension(
             name="convbert_kernels._C",
             sources=sources + cuda_sources,
             depends=depends,
             define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", *NVCC_PTXAS_FLAGS]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", *NVCC_PTXAS_FLAGS, *arch_flags]},
             extra_link_args=openmp,
         )
     else:

@@ -63,8 +63,9 @@ def jit_build(csrc: Path | str = _CSRC, build_dir: str | None = None, with_cuda:
     if with_cuda is None:
         with_cuda = _cuda_toolkit() is not None and os.environ.get("CONVBERT_KERNELS_NO_CUDA", "") != "1"
     cu_sources = sorted(str(p) for p in csrc.glob("*.cu")) if with_cuda else []
-    if cu_sources:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    # as setup.py: sm_80 and sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise (flags, not the environment)
+    arch_flags = [] if os.environ.get("TORCH_CUDA_ARCH_LIST") else [
+        "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
     build_dir = build_dir or os.environ.get("CONVBERT_KERNELS_BUILD_DIR")
     if build_dir:
         os.makedirs(build_dir, exist_ok=True)
@@ -75,7 +76,7 @@ def jit_build(csrc: Path | str = _CSRC, build_dir: str | None = None, with_cuda:
             sources=sources + cu_sources,
             extra_cflags=["-O3", *_openmp_flags(), *defines],
             # as setup.py: a register spill in the project's kernels fails the build
-            extra_cuda_cflags=["-O3", "-Xptxas=--warn-on-spills,--warning-as-error", *defines],
+            extra_cuda_cflags=["-O3", "-Xptxas=--warn-on-spills,--warning-as-error", *arch_flags, *defines],
             extra_ldflags=_openmp_flags(),
             build_directory=build_dir,
             with_cuda=bool(cu_sources),
@@ -119,43 +120,91 @@ HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key(f"{_NAMESPACE}
 
 
 # ---- fake (meta) implementations --------------------------------------------------------------
+# They check what the C++ ops check (csrc/ops.cpp), with torch._check, so that a traced or
+# fake-tensor call fails on bad input as the real one does rather than inventing a shape.
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _check_like(t, values, name):
+    torch._check(t.device == values.device, lambda: f"{name} is on {t.device} but values is on {values.device}")
+    torch._check(t.dtype == values.dtype, lambda: f"{name} has dtype {t.dtype} but values has {values.dtype}")
+
+
+def _check_heads(values, num_heads, rows):
+    torch._check(values.is_floating_point(), lambda: f"values must be a floating tensor, got {values.dtype}")
+    torch._check(values.dim() == 3, lambda: f"values must be [B, L, C], got {tuple(values.shape)}")
+    torch._check(num_heads >= 1, lambda: f"num_heads must be positive, got {num_heads}")
+    torch._check(values.shape[2] % num_heads == 0,
+                 lambda: f"C={values.shape[2]} is not divisible by num_heads={num_heads}")
+    torch._check(rows % num_heads == 0 and (rows // num_heads) % 2 == 1,
+                 lambda: f"the kernel dimension {rows} is not num_heads * K with K odd")
+
+
+def _check_mask(padding_mask, values):
+    if padding_mask is not None:
+        torch._check(padding_mask.dim() == 2 and tuple(padding_mask.shape) == tuple(values.shape[:2]),
+                     lambda: f"padding_mask must be [B, L] = {list(values.shape[:2])}, got {tuple(padding_mask.shape)}")
+
+
+def _check_span(query, key_conv, values, weight, bias, num_heads, padding_mask):
+    torch._check(query.dim() == 3 and query.shape == key_conv.shape, lambda: "query and key_conv must be [B, L, A]")
+    torch._check(query.shape[:2] == values.shape[:2], lambda: "query and values must share [B, L]")
+    torch._check(weight.dim() == 2 and weight.shape[1] == query.shape[2], lambda: "weight must be [n*K, A]")
+    for t, name in ((query, "query"), (key_conv, "key_conv"), (weight, "weight")):
+        _check_like(t, values, name)
+    _check_heads(values, num_heads, weight.shape[0])
+    if bias is not None:
+        _check_like(bias, values, "bias")
+        torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0], lambda: "bias must be [n*K]")
+    _check_mask(padding_mask, values)
+
+
+def _check_probs(probs, values, rows):
+    torch._check(probs.dim() == 3 and tuple(probs.shape) == (*values.shape[:2], rows), lambda: "probs must be [B, L, n*K]")
+    torch._check(probs.dtype == _acc_dtype(values.dtype), lambda: f"probs must be {_acc_dtype(values.dtype)}")
+
+
+def _contiguous_like(t):
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
 @torch.library.register_fake(f"{_NAMESPACE}::dynamic_conv_fwd")
 def _dynamic_conv_fwd_fake(values, logits, num_heads, padding_mask):
-    return torch.empty_like(values, memory_format=torch.contiguous_format), logits.new_empty(
-        logits.shape, dtype=_acc_dtype(values.dtype)
-    )
+    torch._check(logits.dim() == 3 and logits.shape[:2] == values.shape[:2],
+                 lambda: "logits must be [B, L, n*K] with the values' B and L")
+    _check_like(logits, values, "logits")
+    _check_heads(values, num_heads, logits.shape[2])
+    _check_mask(padding_mask, values)
+    return _contiguous_like(values), logits.new_empty(logits.shape, dtype=_acc_dtype(values.dtype))
 
 
 @torch.library.register_fake(f"{_NAMESPACE}::dynamic_conv_bwd")
 def _dynamic_conv_bwd_fake(grad_out, grad_probs, values, probs, num_heads, padding_mask):
-    return torch.empty_like(values, memory_format=torch.contiguous_format), probs.new_empty(
-        probs.shape, dtype=values.dtype
-    )
+    torch._check(probs.dim() == 3, lambda: "probs must be [B, L, n*K]")
+    _check_heads(values, num_heads, probs.shape[2])
+    _check_probs(probs, values, probs.shape[2])
+    torch._check(grad_out.shape == values.shape, lambda: "grad_out must have the shape of values")
+    _check_mask(padding_mask, values)
+    return _contiguous_like(values), probs.new_empty(probs.shape, dtype=values.dtype)
 
 
 @torch.library.register_fake(f"{_NAMESPACE}::span_dynamic_conv_fwd")
 def _span_fwd_fake(query, key_conv, values, weight, bias, num_heads, padding_mask):
+    _check_span(query, key_conv, values, weight, bias, num_heads, padding_mask)
     b, l, _ = values.shape
-    return torch.empty_like(values, memory_format=torch.contiguous_format), values.new_empty(
-        (b, l, weight.shape[0]), dtype=_acc_dtype(values.dtype)
-    )
+    return _contiguous_like(values), values.new_empty((b, l, weight.shape[0]), dtype=_acc_dtype(values.dtype))
 
 
 @torch.library.register_fake(f"{_NAMESPACE}::span_dynamic_conv_bwd")
 def _span_bwd_fake(grad_out, grad_probs, query, key_conv, values, weight, probs, num_heads, padding_mask):
-    return (
-        torch.empty_like(query, memory_format=torch.contiguous_format),
-        torch.empty_like(key_conv, memory_format=torch.contiguous_format),
-        torch.empty_like(values, memory_format=torch.contiguous_format),
-        torch.empty_like(weight, memory_format=torch.contiguous_format),
-        weight.new_empty((weight.shape[0],)),
-    )
+    _check_span(query, key_conv, values, weight, None, num_heads, padding_mask)
+    _check_probs(probs, values, weight.shape[0])
+    torch._check(grad_out.shape == values.shape, lambda: "grad_out must have the shape of values")
+    return (_contiguous_like(query), _contiguous_like(key_conv), _contiguous_like(values),
+            _contiguous_like(weight), weight.new_empty((weight.shape[0],)))
 
 
 # ---- autograd ---------------------------------------------------------------------------------

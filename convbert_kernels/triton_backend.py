@@ -1,13 +1,13 @@
 """The Triton backend: the kernels of :mod:`convbert_kernels.triton_kernels` as torch custom ops.
 
-Four ops live in the ``convbert`` namespace::
+Four ops live in the ``convbert_kernels`` namespace, beside the native backend's::
 
-    convbert::triton_span_fwd(query, key_conv, values, weight, bias?, num_heads, padding_mask?, save_probs)
+    convbert_kernels::triton_span_fwd(query, key_conv, values, weight, bias?, num_heads, padding_mask?, save_probs)
         -> (out, probs)
-    convbert::triton_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask?)
+    convbert_kernels::triton_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask?)
         -> (d_query, d_key_conv, d_values, d_weight, d_bias)
-    convbert::triton_dynamic_fwd(values, logits, num_heads, padding_mask?, save_probs) -> (out, probs)
-    convbert::triton_dynamic_bwd(grad_out, values, probs, num_heads, padding_mask?) -> (d_values, d_logits)
+    convbert_kernels::triton_dynamic_fwd(values, logits, num_heads, padding_mask?, save_probs) -> (out, probs)
+    convbert_kernels::triton_dynamic_bwd(grad_out, values, probs, num_heads, padding_mask?) -> (d_values, d_logits)
 
 Each has a fake (meta) implementation, and the forward ops carry autograd formulas that call the
 backward ops, so ``torch.compile(fullgraph=True)`` traces them as opaque nodes and
@@ -31,7 +31,7 @@ from torch import Tensor
 from . import triton_kernels as _k
 from .backends import Backend
 
-_NS = "convbert"
+_NS = "convbert_kernels"  # the native backend's namespace too
 
 
 # ---- span_dynamic_conv ------------------------------------------------------------------------
@@ -172,14 +172,12 @@ def dynamic_conv(values, logits, num_heads, padding_mask=None):
     return triton_dynamic_fwd(values, logits, num_heads, padding_mask, _needs_grad(values, logits))[0]
 
 
-_CUDA = torch.cuda.is_available()
-
-
 def is_available(device: torch.device) -> bool:
-    """CUDA devices when CUDA works; CPU devices only under the Triton interpreter."""
+    """CUDA devices when CUDA works (asked each time, not at import); CPU devices only under the
+    Triton interpreter."""
     device = torch.device(device)
     if device.type == "cuda":
-        return _CUDA
+        return torch.cuda.is_available()
     if device.type == "cpu":
         return _k.INTERPRET
     return False

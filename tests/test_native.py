@@ -224,6 +224,49 @@ def test_opcheck_backward_ops(native):
     torch.library.opcheck(ops.dynamic_conv_bwd, (g, gp, v, probs, 3, inputs.padding_mask))
 
 
+def _bad_native_calls():
+    """(what is wrong, op, args) for inputs the C++ ops refuse."""
+    inputs = make_span_inputs(2, 7, 10, 12, 3, 5)
+    q, kc, v, w, b = (t.detach() for t in inputs.tensors())
+    ops = torch.ops.convbert_kernels
+    probs = torch.rand(2, 7, 15)
+    return [
+        ("even K", ops.span_dynamic_conv_fwd, (q, kc, v, w[:12], b[:12], 3, None)),
+        ("C not divisible by heads", ops.span_dynamic_conv_fwd, (q, kc, v[..., :11], w, b, 3, None)),
+        ("weight dtype", ops.span_dynamic_conv_fwd, (q, kc, v, w.double(), b, 3, None)),
+        ("bias shape", ops.span_dynamic_conv_fwd, (q, kc, v, w, b[:5], 3, None)),
+        ("mask shape", ops.span_dynamic_conv_fwd, (q, kc, v, w, b, 3, torch.ones(2, 6, dtype=torch.bool))),
+        ("query shape", ops.span_dynamic_conv_fwd, (q[:, :5], kc[:, :5], v, w, b, 3, None)),
+        ("logits B/L", ops.dynamic_conv_fwd, (v, torch.randn(2, 6, 15), 3, None)),
+        ("even K (dynamic)", ops.dynamic_conv_fwd, (v, torch.randn(2, 7, 12), 3, None)),
+        ("probs dtype", ops.dynamic_conv_bwd, (v, None, v, probs.double(), 3, None)),
+        ("grad_out shape", ops.span_dynamic_conv_bwd, (v[:, :5], None, q, kc, v, w, probs, 3, None)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(10))
+def test_fakes_refuse_what_the_kernels_refuse(native, index):
+    """The fake implementations check as the C++ ops do: a traced call fails where a real one would."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    what, op, args = _bad_native_calls()[index]
+    with pytest.raises(RuntimeError):
+        op(*args)
+    mode = FakeTensorMode()
+    fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+    with mode, pytest.raises(RuntimeError):
+        op(*fake_args)
+
+
+def test_one_op_namespace_for_both_compiled_backends(native):
+    pytest.importorskip("triton")
+    from convbert_kernels import triton_backend
+
+    names = {"span_dynamic_conv_fwd", "dynamic_conv_fwd", "triton_span_fwd", "triton_dynamic_fwd"}
+    assert names <= set(dir(torch.ops.convbert_kernels))
+    assert triton_backend.triton_span_fwd._qualname == "convbert_kernels::triton_span_fwd"
+
+
 # ---- a failed build is reported, not fatal ------------------------------------------------------
 
 
