@@ -29,9 +29,15 @@ def _kernels():
     return triton_kernels
 
 
-def _run_without_interpreter(code: str, tmp_path) -> subprocess.CompletedProcess:
+def _env_without_interpreter() -> dict:
+    """This environment minus TRITON_INTERPRET (the launchers' GPU configuration), with the checkout importable."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _run_without_interpreter(code: str, tmp_path) -> subprocess.CompletedProcess:
+    env = _env_without_interpreter()
     env["TRITON_CACHE_DIR"] = env.get("TRITON_CACHE_DIR", str(tmp_path / "triton-cache"))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
                           timeout=1200, cwd=ROOT)
@@ -200,8 +206,7 @@ def test_every_specialisation_compiles_without_spills_for_sm90_and_sm80(tmp_path
     """The launchers' real specialisations for the benchmark shapes and the tests' extremes,
     compiled for sm_90 and sm_80 (a process per architecture, in parallel): no spills, shared
     memory within the per-block limit. The committed table is benchmarks/results/triton-resources.md."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env = _env_without_interpreter()
     procs = {}
     for arch in ("90", "80"):
         out = tmp_path / f"sm{arch}.md"
