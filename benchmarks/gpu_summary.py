@@ -354,10 +354,14 @@ _KERNEL_IN_LINE = re.compile(r"\b([A-Za-z_]\w*kernel\w*)")
 
 
 def parse_sanitizer_log(text: str) -> dict:
-    """Error count (``ERROR SUMMARY: N errors``), whether the op script finished, and the kernel
-    names mentioned in the reports (to tell this project's kernels from PyTorch's)."""
+    """Error count, whether the op script finished, and the kernel names mentioned in the reports
+    (to tell this project's kernels from PyTorch's). memcheck, synccheck and initcheck end with
+    ``ERROR SUMMARY: N errors``; racecheck with ``RACECHECK SUMMARY: H hazards displayed
+    (E errors, W warnings)``, where a hazard of either severity counts."""
     m = re.findall(r"ERROR SUMMARY:\s*([\d,]+)\s+error", text)
-    errors = int(m[-1].replace(",", "")) if m else None
+    race = re.findall(r"RACECHECK SUMMARY:\s*([\d,]+)\s+hazard", text)
+    counts = m or race
+    errors = int(counts[-1].replace(",", "")) if counts else None
     kernels = []
     for line in text.splitlines():
         if line.startswith("=========") and "SUMMARY" not in line:

@@ -22,15 +22,17 @@
 # Recommended split on the GPU machine (one command may run 10 minutes and bring back 8 files; a
 # machine kept warm between the commands reuses the build, convbert_kernels/_C*.so and its hash in
 # build/; the tree there has no git history, so pass the commit):
-#   1. CONVBERT_COMMIT=<sha> bash scripts/gpu_check.sh --stages setup,tests              "$OUT"
-#   2. CONVBERT_COMMIT=<sha> bash scripts/gpu_check.sh --stages sanitize,bench-kernels   "$OUT"
-#   3. CONVBERT_COMMIT=<sha> bash scripts/gpu_check.sh --stages bench-model,ncu          "$OUT"
-# (guesses, not yet measured on a GPU: build 2-3 min, tests 5-7, sanitize 3-6, bench-kernels 2-4,
-# bench-model 5-7, ncu 1-2). Every stage stops in time: a stage gets at most GPU_CHECK_STAGE_S
-# (450 s) and the command GPU_CHECK_BUDGET_S (570 s); a stage with too little time left is
-# reported NOT RUN, to be run in a command of its own. Should the build and the whole suite not
-# fit together, run `setup` alone first (the build is then reused); GPU_CHECK_PYTEST_ARGS="-n 4"
-# runs the suite with pytest-xdist.
+#   1. CONVBERT_COMMIT=<sha> bash scripts/gpu_check.sh --stages setup,tests                 "$OUT"
+#   2. CONVBERT_COMMIT=<sha> bash scripts/gpu_check.sh --stages sanitize,bench-kernels,ncu  "$OUT"
+#   3. CONVBERT_COMMIT=<sha> bash scripts/gpu_check.sh --stages bench-model                 "$OUT"
+# Measured on an H200 (2026-11-26, 16 cores): machine start ~30 s, build 42 s (setup 57), GPU tests
+# 59 s with 8 pytest workers, the rest of the suite over 140 s, sanitize 62, bench-kernels 75,
+# ncu 28, bench-model 137 with the compiled providers left out for time. The three commands fit
+# one 15-minute lease only just: should time run short, command 3 goes first in the next one.
+# Every stage stops in time: a stage gets at most GPU_CHECK_STAGE_S (450 s) and the command
+# GPU_CHECK_BUDGET_S (570 s); a stage with too little time left is reported NOT RUN, to be run in a
+# command of its own. On a GPU machine with pytest-xdist and 8+ cores the suite runs on 8 workers;
+# GPU_CHECK_PYTEST_ARGS replaces that (e.g. "-n 0" for one process).
 # Each command writes at most 8 files to OUTDIR: summary.md (device, versions and every table of
 # the stages it ran), kernels.jsonl, model.jsonl, and one log per stage (setup.log, tests.log,
 # sanitize.log, bench.log for both benchmarks, ncu.log); it prints summary.md last. A stage that
@@ -250,8 +252,13 @@ stage_tests() {
     fi
     # a hung test then fails alone instead of eating the stage (pytest-timeout is on the GPU machine)
     "$PY" -c 'import pytest_timeout' 2>/dev/null && extra=(--timeout 300)
-    # e.g. GPU_CHECK_PYTEST_ARGS="-n 4" (pytest-xdist is there too) when the suite is too slow
-    read -r -a more <<<"${GPU_CHECK_PYTEST_ARGS:-}"
+    # 8 workers where pytest-xdist and the cores are there (the GPU machine has both; the GPU
+    # tests passed so, 59 s instead of minutes); GPU_CHECK_PYTEST_ARGS replaces the default
+    local default_workers=""
+    if [ "$dry_run" = 0 ] && [ "$(nproc)" -ge 8 ] && "$PY" -c 'import xdist' 2>/dev/null; then
+        default_workers="-n 8"
+    fi
+    read -r -a more <<<"${GPU_CHECK_PYTEST_ARGS-$default_workers}"
     # the suite leaves two minutes of the stage (at least a third) to the torch.compile tests run alone
     suite_end=$(($(date +%s) + (STAGE_CAP - 120 > STAGE_CAP * 2 / 3 ? STAGE_CAP - 120 : STAGE_CAP * 2 / 3)))
     run_suite() {  # run_suite LABEL PYTEST-ARGS...: one pytest run, recorded in runs.tsv

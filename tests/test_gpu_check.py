@@ -90,7 +90,7 @@ def test_summary_from_given_results(tmp_path):
     racy = work / "sanitize" / "racecheck.txt"
     racy.write_text("========= Error: Race reported between Write access at window_backward_kernel<float>+0x10\n"
                     "=========     and Read access at window_backward_kernel<float>+0x20 [3 hazards]\n"
-                    "gpu_sanitize_ops: ok\n========= ERROR SUMMARY: 2 errors\n")
+                    "gpu_sanitize_ops: ok\n========= RACECHECK SUMMARY: 2 hazards displayed (2 errors, 0 warnings)\n")
     (work / "sanitize" / "runs.tsv").write_text(f"memcheck\tnative\t0\t30\t{clean}\nracecheck\tnative\t1\t50\t{racy}\n")
     (work / "ncu" / "bf16.csv").write_text(NCU_LONG)
     (work / "ncu" / "runs.tsv").write_text(f"bf16\t0\t20\t{work}/ncu/bf16.csv\n")
@@ -204,6 +204,14 @@ def test_parse_sanitizer_log():
     assert parsed["errors"] == 1024 and not parsed["completed"]
     assert parsed["kernels"] == ["weight_grad_partial_kernel", "vectorized_elementwise_kernel"]
     assert gpu_summary.parse_sanitizer_log("killed")["errors"] is None
+
+
+def test_parse_racecheck_summary():
+    """racecheck's summary line differs from the other tools' (as printed on the H200, 2026-11-26)."""
+    clean = "gpu_sanitize_ops: ok\n========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)\n"
+    assert gpu_summary.parse_sanitizer_log(clean)["errors"] == 0
+    warned = "========= RACECHECK SUMMARY: 1 hazard displayed (0 errors, 1 warning)\n"
+    assert gpu_summary.parse_sanitizer_log(warned)["errors"] == 1
 
 
 def test_junit_classname_to_nodeid():
