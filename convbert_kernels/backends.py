@@ -38,9 +38,10 @@ _BACKEND_MODULES = {
     "native": "convbert_kernels.native",
 }
 
-# What "auto" tries, fastest first, per device type.
+# What "auto" tries, fastest first, per device type. On CUDA, native before triton: faster in both
+# dtypes on an H200 (benchmarks/results/kernels-nvidia-h200.jsonl, 2026-11-26).
 _AUTO_ORDER = {
-    "cuda": ("triton", "native", "eager"),
+    "cuda": ("native", "triton", "eager"),
     "cpu": ("native", "eager"),
 }
 _AUTO_FALLBACK = ("eager",)
