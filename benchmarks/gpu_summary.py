@@ -202,7 +202,7 @@ def native_check(expect_cuda: bool) -> tuple[bool, dict]:
         if facts["load_error"] is None:
             from convbert_kernels import native
 
-            facts["how_loaded"] = native._HOW_LOADED
+            facts["how_loaded"] = native.HOW_LOADED
             facts["cuda_kernels_registered"] = bool(native.HAS_CUDA_KERNELS)
         facts["backends_cpu"] = ck.available_backends("cpu")
         if torch.cuda.is_available():

@@ -199,7 +199,7 @@ def _run_launchers(k, case: Case) -> None:
     if case.save_probs:  # the backward exists only where the forward saved probabilities
         probs = torch.rand(case.batch, case.length, case.heads, case.taps, dtype=probs.dtype)
         k.span_backward(out, q, kc, v, w, probs, case.heads, mask)
-        k.dynamic_backward(out, v, probs, case.heads, mask, case.dtype)
+        k.window_backward(out, v, probs, case.heads, mask, case.dtype)
 
 
 def collect(archs=(90, 80), progress=True) -> list[Specialisation]:

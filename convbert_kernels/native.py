@@ -1,4 +1,4 @@
-"""The native backend: the C++/CUDA extension in ``csrc/`` (ops ``torch.ops.convbert_kernels.*``).
+"""The native backend: the C++/CUDA extension in ``csrc/``, ops ``convbert_kernels::native_*``.
 
 Loading, on first use (the registry imports this module lazily, never ``import convbert_kernels``):
 
@@ -12,8 +12,8 @@ Loading, on first use (the registry imports this module lazily, never ``import c
 ``CONVBERT_KERNELS_NATIVE=jit`` skips step 1, ``=prebuilt`` skips step 2; ``CONVBERT_KERNELS_CSRC``
 points the JIT build at another source folder and ``CONVBERT_KERNELS_NO_CUDA=1`` leaves CUDA out.
 
-The compiled ops return the softmaxed kernel (``probs``) next to the output; autograd (saving
-``probs``) and fake-tensor implementations are registered here with :mod:`torch.library`.
+The ops have the Triton backend's signatures; :mod:`._compiled_ops` states their contract and
+registers their fakes and autograd for both backends.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from .backends import Backend
+from . import _compiled_ops as _contract
 
-_NAMESPACE = "convbert_kernels"
-_OPS = ("dynamic_conv_fwd", "dynamic_conv_bwd", "span_dynamic_conv_fwd", "span_dynamic_conv_bwd")
+_NAMESPACE = _contract.NAMESPACE
+_OPS = ("native_span_fwd", "native_span_bwd", "native_dynamic_fwd", "native_dynamic_bwd")
 _CSRC = Path(os.environ.get("CONVBERT_KERNELS_CSRC", Path(__file__).resolve().parent.parent / "csrc"))
 
 
@@ -106,6 +106,9 @@ def _load_library() -> str:
     if mode != "jit":
         try:
             importlib.import_module("convbert_kernels._C")
+            if not _ops_registered():
+                raise RuntimeError("convbert_kernels._C was built from older sources (its ops differ): rebuild it "
+                                   "with `pip install --no-build-isolation -e .`")
             return "prebuilt"
         except ImportError as exc:
             prebuilt_error = exc
@@ -114,154 +117,8 @@ def _load_library() -> str:
     return jit_build()
 
 
-_HOW_LOADED = _load_library()
-_ops = getattr(torch.ops, _NAMESPACE)
-HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key(f"{_NAMESPACE}::span_dynamic_conv_fwd", "CUDA")
-
-
-# ---- fake (meta) implementations --------------------------------------------------------------
-# They check what the C++ ops check (csrc/ops.cpp), with torch._check, so that a traced or
-# fake-tensor call fails on bad input as the real one does rather than inventing a shape.
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _check_like(t, values, name):
-    torch._check(t.device == values.device, lambda: f"{name} is on {t.device} but values is on {values.device}")
-    torch._check(t.dtype == values.dtype, lambda: f"{name} has dtype {t.dtype} but values has {values.dtype}")
-
-
-def _check_heads(values, num_heads, rows):
-    torch._check(values.is_floating_point(), lambda: f"values must be a floating tensor, got {values.dtype}")
-    torch._check(values.dim() == 3, lambda: f"values must be [B, L, C], got {tuple(values.shape)}")
-    torch._check(num_heads >= 1, lambda: f"num_heads must be positive, got {num_heads}")
-    torch._check(values.shape[2] % num_heads == 0,
-                 lambda: f"C={values.shape[2]} is not divisible by num_heads={num_heads}")
-    torch._check(rows % num_heads == 0 and (rows // num_heads) % 2 == 1,
-                 lambda: f"the kernel dimension {rows} is not num_heads * K with K odd")
-
-
-def _check_mask(padding_mask, values):
-    if padding_mask is not None:
-        torch._check(padding_mask.dim() == 2 and tuple(padding_mask.shape) == tuple(values.shape[:2]),
-                     lambda: f"padding_mask must be [B, L] = {list(values.shape[:2])}, got {tuple(padding_mask.shape)}")
-
-
-def _check_span(query, key_conv, values, weight, bias, num_heads, padding_mask):
-    torch._check(query.dim() == 3 and query.shape == key_conv.shape, lambda: "query and key_conv must be [B, L, A]")
-    torch._check(query.shape[:2] == values.shape[:2], lambda: "query and values must share [B, L]")
-    torch._check(weight.dim() == 2 and weight.shape[1] == query.shape[2], lambda: "weight must be [n*K, A]")
-    for t, name in ((query, "query"), (key_conv, "key_conv"), (weight, "weight")):
-        _check_like(t, values, name)
-    _check_heads(values, num_heads, weight.shape[0])
-    if bias is not None:
-        _check_like(bias, values, "bias")
-        torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0], lambda: "bias must be [n*K]")
-    _check_mask(padding_mask, values)
-
-
-def _check_probs(probs, values, rows):
-    torch._check(probs.dim() == 3 and tuple(probs.shape) == (*values.shape[:2], rows), lambda: "probs must be [B, L, n*K]")
-    torch._check(probs.dtype == _acc_dtype(values.dtype), lambda: f"probs must be {_acc_dtype(values.dtype)}")
-
-
-def _contiguous_like(t):
-    return torch.empty_like(t, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake(f"{_NAMESPACE}::dynamic_conv_fwd")
-def _dynamic_conv_fwd_fake(values, logits, num_heads, padding_mask):
-    torch._check(logits.dim() == 3 and logits.shape[:2] == values.shape[:2],
-                 lambda: "logits must be [B, L, n*K] with the values' B and L")
-    _check_like(logits, values, "logits")
-    _check_heads(values, num_heads, logits.shape[2])
-    _check_mask(padding_mask, values)
-    return _contiguous_like(values), logits.new_empty(logits.shape, dtype=_acc_dtype(values.dtype))
-
-
-@torch.library.register_fake(f"{_NAMESPACE}::dynamic_conv_bwd")
-def _dynamic_conv_bwd_fake(grad_out, grad_probs, values, probs, num_heads, padding_mask):
-    torch._check(probs.dim() == 3, lambda: "probs must be [B, L, n*K]")
-    _check_heads(values, num_heads, probs.shape[2])
-    _check_probs(probs, values, probs.shape[2])
-    torch._check(grad_out.shape == values.shape, lambda: "grad_out must have the shape of values")
-    _check_mask(padding_mask, values)
-    return _contiguous_like(values), probs.new_empty(probs.shape, dtype=values.dtype)
-
-
-@torch.library.register_fake(f"{_NAMESPACE}::span_dynamic_conv_fwd")
-def _span_fwd_fake(query, key_conv, values, weight, bias, num_heads, padding_mask):
-    _check_span(query, key_conv, values, weight, bias, num_heads, padding_mask)
-    b, l, _ = values.shape
-    return _contiguous_like(values), values.new_empty((b, l, weight.shape[0]), dtype=_acc_dtype(values.dtype))
-
-
-@torch.library.register_fake(f"{_NAMESPACE}::span_dynamic_conv_bwd")
-def _span_bwd_fake(grad_out, grad_probs, query, key_conv, values, weight, probs, num_heads, padding_mask):
-    _check_span(query, key_conv, values, weight, None, num_heads, padding_mask)
-    _check_probs(probs, values, weight.shape[0])
-    torch._check(grad_out.shape == values.shape, lambda: "grad_out must have the shape of values")
-    return (_contiguous_like(query), _contiguous_like(key_conv), _contiguous_like(values),
-            _contiguous_like(weight), weight.new_empty((weight.shape[0],)))
-
-
-# ---- autograd ---------------------------------------------------------------------------------
-
-
-def _dynamic_setup(ctx, inputs, output):
-    values, _logits, num_heads, padding_mask = inputs
-    ctx.save_for_backward(values, output[1])
-    ctx.num_heads = num_heads
-    ctx.padding_mask = padding_mask
-    ctx.set_materialize_grads(False)
-
-
-def _dynamic_backward(ctx, grad_out, grad_probs):
-    values, probs = ctx.saved_tensors
-    if grad_out is None and grad_probs is None:
-        return None, None, None, None
-    if grad_out is None:
-        grad_out = torch.zeros_like(values)
-    d_values, d_logits = _ops.dynamic_conv_bwd(grad_out, grad_probs, values, probs, ctx.num_heads, ctx.padding_mask)
-    return d_values, d_logits, None, None
-
-
-def _span_setup(ctx, inputs, output):
-    query, key_conv, values, weight, bias, num_heads, padding_mask = inputs
-    ctx.save_for_backward(query, key_conv, values, weight, output[1])
-    ctx.has_bias = bias is not None
-    ctx.num_heads = num_heads
-    ctx.padding_mask = padding_mask
-    ctx.set_materialize_grads(False)
-
-
-def _span_backward(ctx, grad_out, grad_probs):
-    query, key_conv, values, weight, probs = ctx.saved_tensors
-    if grad_out is None and grad_probs is None:
-        return (None,) * 7
-    if grad_out is None:
-        grad_out = torch.zeros_like(values)
-    d_query, d_key_conv, d_values, d_weight, d_bias = _ops.span_dynamic_conv_bwd(
-        grad_out, grad_probs, query, key_conv, values, weight, probs, ctx.num_heads, ctx.padding_mask
-    )
-    return d_query, d_key_conv, d_values, d_weight, (d_bias if ctx.has_bias else None), None, None
-
-
-torch.library.register_autograd(f"{_NAMESPACE}::dynamic_conv_fwd", _dynamic_backward, setup_context=_dynamic_setup)
-torch.library.register_autograd(f"{_NAMESPACE}::span_dynamic_conv_fwd", _span_backward, setup_context=_span_setup)
-
-
-# ---- the backend ------------------------------------------------------------------------------
-
-
-def dynamic_conv(values, logits, num_heads, padding_mask=None):
-    return _ops.dynamic_conv_fwd(values, logits, num_heads, padding_mask)[0]
-
-
-def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_mask=None):
-    return _ops.span_dynamic_conv_fwd(query, key_conv, values, weight, bias, num_heads, padding_mask)[0]
+HOW_LOADED = _load_library()  # "prebuilt", "already loaded" or the path of the JIT-built library
+HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key(f"{_NAMESPACE}::native_span_fwd", "CUDA")
 
 
 def _is_available(device: torch.device) -> bool:
@@ -273,9 +130,4 @@ def _is_available(device: torch.device) -> bool:
     return False
 
 
-BACKEND = Backend(
-    name="native",
-    dynamic_conv=dynamic_conv,
-    span_dynamic_conv=span_dynamic_conv,
-    is_available=_is_available,
-)
+BACKEND = _contract.make_backend("native", _is_available)

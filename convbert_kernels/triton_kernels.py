@@ -668,7 +668,3 @@ def span_backward(grad_out, query, key_conv, values, weight, probs, num_heads, p
     d_query, d_key_conv, d_weight, d_bias = projection_backward(d_logits, query, key_conv, weight, num_heads)
     return d_query, d_key_conv, d_values, d_weight, d_bias
 
-
-def dynamic_backward(grad_out, values, probs, num_heads, padding_mask, logits_dtype):
-    """Backward of ``dynamic_conv``: ``(d_values, d_logits)``."""
-    return window_backward(grad_out, values, probs, num_heads, padding_mask, logits_dtype)

@@ -1,14 +1,16 @@
 // Operator schemas (TORCH_LIBRARY) and their CPU / CUDA implementations (TORCH_LIBRARY_IMPL).
 //
-// Four ops in the namespace convbert_kernels:
-//   dynamic_conv_fwd(values, logits, num_heads, padding_mask?)               -> (out, probs)
-//   dynamic_conv_bwd(grad_out, grad_probs?, values, probs, num_heads, mask?) -> (d_values, d_logits)
-//   span_dynamic_conv_fwd(query, key_conv, values, weight, bias?, num_heads, mask?) -> (out, probs)
-//   span_dynamic_conv_bwd(grad_out, grad_probs?, query, key_conv, values, weight, probs, num_heads, mask?)
+// Four ops in the namespace convbert_kernels, with the signatures of the Triton backend's
+// triton_* ops (convbert_kernels/triton_backend.py):
+//   native_span_fwd(query, key_conv, values, weight, bias?, num_heads, padding_mask?, save_probs)
+//       -> (out, probs)
+//   native_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask?)
 //       -> (d_query, d_key_conv, d_values, d_weight, d_bias)
-// probs ([B, L, n*K], float32, or float64 for float64 inputs) is the softmaxed kernel, returned so
-// that autograd (registered in Python, convbert_kernels/native.py) can save it for the backward.
-// Autograd and fake (meta) implementations are registered in Python.
+//   native_dynamic_fwd(values, logits, num_heads, padding_mask?, save_probs) -> (out, probs)
+//   native_dynamic_bwd(grad_out, values, probs, num_heads, padding_mask?) -> (d_values, d_logits)
+// probs is the softmaxed kernel, [B, L, n, K] in float32 (float64 for float64 inputs), returned
+// for the backward; an empty [0] tensor when save_probs is false. Autograd and fake (meta)
+// implementations are registered in Python (convbert_kernels/native.py).
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -74,55 +76,64 @@ Tensor prepare_mask(const std::optional<Tensor>& padding_mask, const Tensor& val
   return (m.scalar_type() == at::kBool ? m : m.ne(0)).contiguous();
 }
 
-Tensor prepare_grad_probs(const std::optional<Tensor>& grad_probs, const Tensor& probs) {
-  if (!grad_probs.has_value() || !grad_probs->defined()) return Tensor();
-  TORCH_CHECK(grad_probs->sizes() == probs.sizes(), "grad_probs must have the shape of probs");
-  return grad_probs->to(probs.scalar_type()).contiguous();
-}
-
-void check_probs(const Tensor& probs, const Tensor& values, int64_t R) {
-  TORCH_CHECK(probs.dim() == 3 && probs.size(0) == values.size(0) && probs.size(1) == values.size(1) &&
-                  probs.size(2) == R,
-              "probs must be [B, L, n*K]");
+// probs as the forward returned it, [B, L, n, K], viewed as the kernels' [B, L, n * K].
+Tensor check_probs(const Tensor& probs, const Tensor& values, int64_t num_heads, int64_t K) {
+  TORCH_CHECK(probs.dim() == 4 && probs.size(0) == values.size(0) && probs.size(1) == values.size(1) &&
+                  probs.size(2) == num_heads && probs.size(3) == K,
+              "probs must be [B, L, n, K] = [", values.size(0), ", ", values.size(1), ", ", num_heads, ", ", K,
+              "], got ", probs.sizes(), " (run the forward with save_probs=True)");
   TORCH_CHECK(probs.scalar_type() == acc_dtype_for(values.scalar_type()), "probs must be ",
               acc_dtype_for(values.scalar_type()), ", got ", probs.scalar_type());
   TORCH_CHECK(probs.device() == values.device(), "probs must be on the device of values");
+  return probs.contiguous().view({values.size(0), values.size(1), num_heads * K});
 }
 
-std::tuple<Tensor, Tensor> dynamic_conv_fwd(const DeviceKernels& k, const Tensor& values, const Tensor& logits,
-                                            int64_t num_heads, const std::optional<Tensor>& padding_mask) {
+// The probabilities to write: [B, L, n, K] in the accumulation dtype, or [0] when not saved.
+Tensor new_probs(const Tensor& values, int64_t num_heads, int64_t K, bool save_probs) {
+  const auto options = values.options().dtype(acc_dtype_for(values.scalar_type()));
+  if (!save_probs) return at::empty({0}, options);
+  return at::empty({values.size(0), values.size(1), num_heads, K}, options);
+}
+
+// The kernels' view of new_probs: [B, L, n * K], or undefined (they skip writing it).
+Tensor kernel_probs(const Tensor& probs, const Tensor& values) {
+  return probs.dim() == 4 ? probs.view({values.size(0), values.size(1), -1}) : Tensor();
+}
+
+std::tuple<Tensor, Tensor> dynamic_fwd(const DeviceKernels& k, const Tensor& values, const Tensor& logits,
+                                       int64_t num_heads, const std::optional<Tensor>& padding_mask,
+                                       bool save_probs) {
   CONVBERT_NO_AUTOCAST();
   check_float(values, "values");
   TORCH_CHECK(logits.dim() == 3 && logits.size(0) == values.size(0) && logits.size(1) == values.size(1),
               "logits must be [B, L, n*K] with the values' B and L");
   check_like(logits, values, "logits");
-  check_heads(values, num_heads, logits.size(2));
+  const int64_t K = check_heads(values, num_heads, logits.size(2));
   const Tensor v = values.contiguous();
-  const Tensor lg = logits.contiguous();
   const Tensor mask = prepare_mask(padding_mask, values);
   Tensor out = at::empty_like(v);
-  Tensor probs = at::empty(lg.sizes(), v.options().dtype(acc_dtype_for(v.scalar_type())));
-  k.forward(v, lg, mask, num_heads, out, probs);
+  Tensor probs = new_probs(v, num_heads, K, save_probs);
+  Tensor probs_out = kernel_probs(probs, v);
+  k.forward(v, logits.contiguous(), mask, num_heads, out, probs_out);
   return {out, probs};
 }
 
-std::tuple<Tensor, Tensor> dynamic_conv_bwd(const DeviceKernels& k, const Tensor& grad_out,
-                                            const std::optional<Tensor>& grad_probs, const Tensor& values,
-                                            const Tensor& probs, int64_t num_heads,
-                                            const std::optional<Tensor>& padding_mask) {
+std::tuple<Tensor, Tensor> dynamic_bwd(const DeviceKernels& k, const Tensor& grad_out, const Tensor& values,
+                                       const Tensor& probs, int64_t num_heads,
+                                       const std::optional<Tensor>& padding_mask) {
   CONVBERT_NO_AUTOCAST();
   check_float(values, "values");
-  check_heads(values, num_heads, probs.size(-1));
-  check_probs(probs, values, probs.size(-1));
+  TORCH_CHECK(probs.dim() == 4, "probs must be [B, L, n, K], got ", probs.sizes(),
+              " (run the forward with save_probs=True)");
+  const int64_t K = check_heads(values, num_heads, num_heads * probs.size(3));
+  const Tensor p = check_probs(probs, values, num_heads, K);
   TORCH_CHECK(grad_out.sizes() == values.sizes(), "grad_out must have the shape of values");
   const Tensor v = values.contiguous();
   const Tensor g = grad_out.to(v.scalar_type()).contiguous();
-  const Tensor p = probs.contiguous();
-  const Tensor gp = prepare_grad_probs(grad_probs, p);
   const Tensor mask = prepare_mask(padding_mask, values);
   Tensor d_values = at::empty_like(v);
   Tensor d_logits = at::empty(p.sizes(), v.options());
-  k.backward(g, gp, v, p, mask, num_heads, d_values, d_logits);
+  k.backward(g, v, p, mask, num_heads, d_values, d_logits);
   return {d_values, d_logits};
 }
 
@@ -143,10 +154,9 @@ void check_span(const Tensor& query, const Tensor& key_conv, const Tensor& value
   }
 }
 
-std::tuple<Tensor, Tensor> span_dynamic_conv_fwd(const DeviceKernels& k, const Tensor& query,
-                                                 const Tensor& key_conv, const Tensor& values, const Tensor& weight,
-                                                 const std::optional<Tensor>& bias, int64_t num_heads,
-                                                 const std::optional<Tensor>& padding_mask) {
+std::tuple<Tensor, Tensor> span_fwd(const DeviceKernels& k, const Tensor& query, const Tensor& key_conv,
+                                    const Tensor& values, const Tensor& weight, const std::optional<Tensor>& bias,
+                                    int64_t num_heads, const std::optional<Tensor>& padding_mask, bool save_probs) {
   CONVBERT_NO_AUTOCAST();
   check_span(query, key_conv, values, weight, bias, num_heads);
   const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
@@ -158,26 +168,26 @@ std::tuple<Tensor, Tensor> span_dynamic_conv_fwd(const DeviceKernels& k, const T
   const Tensor b = (bias.has_value() && bias->defined()) ? bias->to(acc).contiguous() : Tensor();
   const Tensor mask = prepare_mask(padding_mask, values);
   Tensor out = at::empty_like(v);
-  Tensor probs = at::empty({B, L, R}, v.options().dtype(acc));
-  k.span_forward(q, kc, v, w, b, mask, num_heads, out, probs);
+  Tensor probs = new_probs(v, num_heads, R / num_heads, save_probs);
+  Tensor probs_out = kernel_probs(probs, v);
+  k.span_forward(q, kc, v, w, b, mask, num_heads, out, probs_out);
   return {out, probs};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_dynamic_conv_bwd(
-    const DeviceKernels& k, const Tensor& grad_out, const std::optional<Tensor>& grad_probs, const Tensor& query,
-    const Tensor& key_conv, const Tensor& values, const Tensor& weight, const Tensor& probs, int64_t num_heads,
-    const std::optional<Tensor>& padding_mask) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_bwd(const DeviceKernels& k, const Tensor& grad_out,
+                                                            const Tensor& query, const Tensor& key_conv,
+                                                            const Tensor& values, const Tensor& weight,
+                                                            const Tensor& probs, int64_t num_heads,
+                                                            const std::optional<Tensor>& padding_mask) {
   CONVBERT_NO_AUTOCAST();
   check_span(query, key_conv, values, weight, std::nullopt, num_heads);
   const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
-  check_probs(probs, values, R);
+  const Tensor p = check_probs(probs, values, num_heads, R / num_heads);
   TORCH_CHECK(grad_out.sizes() == values.sizes(), "grad_out must have the shape of values");
   const auto dtype = values.scalar_type();
   const auto acc = acc_dtype_for(dtype);
   const Tensor v = values.contiguous();
   const Tensor g = grad_out.to(dtype).contiguous();
-  const Tensor p = probs.contiguous();
-  const Tensor gp = prepare_grad_probs(grad_probs, p);
   const Tensor mask = prepare_mask(padding_mask, values);
   const Tensor q = query.contiguous().view({B * L, A});
   const Tensor kc = key_conv.contiguous().view({B * L, A});
@@ -185,77 +195,67 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_dynamic_conv_bwd(
   Tensor d_query = at::empty({B * L, A}, q.options());
   Tensor d_key_conv = at::empty({B * L, A}, q.options());
   auto [d_weight, d_bias] =
-      k.span_backward(g, gp, q, kc, v, weight.to(acc).contiguous(), p, mask, num_heads, d_query, d_key_conv, d_values);
+      k.span_backward(g, q, kc, v, weight.to(acc).contiguous(), p, mask, num_heads, d_query, d_key_conv, d_values);
   return {d_query.view({B, L, A}), d_key_conv.view({B, L, A}), d_values, d_weight.to(dtype), d_bias.to(dtype)};
 }
 
-// Device-bound entry points for the dispatcher.
+// The dispatcher's entry points: one instantiation per device's kernels.
 template <const DeviceKernels* K>
-std::tuple<Tensor, Tensor> dynamic_conv_fwd_impl(const Tensor& values, const Tensor& logits, int64_t num_heads,
-                                                 const std::optional<Tensor>& padding_mask) {
-  return dynamic_conv_fwd(*K, values, logits, num_heads, padding_mask);
+std::tuple<Tensor, Tensor> native_span_fwd(const Tensor& query, const Tensor& key_conv, const Tensor& values,
+                                           const Tensor& weight, const std::optional<Tensor>& bias, int64_t num_heads,
+                                           const std::optional<Tensor>& padding_mask, bool save_probs) {
+  return span_fwd(*K, query, key_conv, values, weight, bias, num_heads, padding_mask, save_probs);
 }
 
 template <const DeviceKernels* K>
-std::tuple<Tensor, Tensor> dynamic_conv_bwd_impl(const Tensor& grad_out, const std::optional<Tensor>& grad_probs,
-                                                 const Tensor& values, const Tensor& probs, int64_t num_heads,
-                                                 const std::optional<Tensor>& padding_mask) {
-  return dynamic_conv_bwd(*K, grad_out, grad_probs, values, probs, num_heads, padding_mask);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> native_span_bwd(const Tensor& grad_out, const Tensor& query,
+                                                                   const Tensor& key_conv, const Tensor& values,
+                                                                   const Tensor& weight, const Tensor& probs,
+                                                                   int64_t num_heads,
+                                                                   const std::optional<Tensor>& padding_mask) {
+  return span_bwd(*K, grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask);
 }
 
 template <const DeviceKernels* K>
-std::tuple<Tensor, Tensor> span_dynamic_conv_fwd_impl(const Tensor& query, const Tensor& key_conv,
-                                                      const Tensor& values, const Tensor& weight,
-                                                      const std::optional<Tensor>& bias, int64_t num_heads,
-                                                      const std::optional<Tensor>& padding_mask) {
-  return span_dynamic_conv_fwd(*K, query, key_conv, values, weight, bias, num_heads, padding_mask);
+std::tuple<Tensor, Tensor> native_dynamic_fwd(const Tensor& values, const Tensor& logits, int64_t num_heads,
+                                              const std::optional<Tensor>& padding_mask, bool save_probs) {
+  return dynamic_fwd(*K, values, logits, num_heads, padding_mask, save_probs);
 }
 
 template <const DeviceKernels* K>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_dynamic_conv_bwd_impl(
-    const Tensor& grad_out, const std::optional<Tensor>& grad_probs, const Tensor& query, const Tensor& key_conv,
-    const Tensor& values, const Tensor& weight, const Tensor& probs, int64_t num_heads,
-    const std::optional<Tensor>& padding_mask) {
-  return span_dynamic_conv_bwd(*K, grad_out, grad_probs, query, key_conv, values, weight, probs, num_heads,
-                               padding_mask);
+std::tuple<Tensor, Tensor> native_dynamic_bwd(const Tensor& grad_out, const Tensor& values, const Tensor& probs,
+                                              int64_t num_heads, const std::optional<Tensor>& padding_mask) {
+  return dynamic_bwd(*K, grad_out, values, probs, num_heads, padding_mask);
 }
 
 }  // namespace
 }  // namespace convbert_kernels
 
-using convbert_kernels::dynamic_conv_bwd_impl;
-using convbert_kernels::dynamic_conv_fwd_impl;
-using convbert_kernels::span_dynamic_conv_bwd_impl;
-using convbert_kernels::span_dynamic_conv_fwd_impl;
-
 TORCH_LIBRARY(convbert_kernels, m) {
-  m.def("dynamic_conv_fwd(Tensor values, Tensor logits, int num_heads, Tensor? padding_mask) -> (Tensor, Tensor)");
   m.def(
-      "dynamic_conv_bwd(Tensor grad_out, Tensor? grad_probs, Tensor values, Tensor probs, int num_heads, "
-      "Tensor? padding_mask) -> (Tensor, Tensor)");
+      "native_span_fwd(Tensor query, Tensor key_conv, Tensor values, Tensor weight, Tensor? bias, int num_heads, "
+      "Tensor? padding_mask, bool save_probs) -> (Tensor, Tensor)");
   m.def(
-      "span_dynamic_conv_fwd(Tensor query, Tensor key_conv, Tensor values, Tensor weight, Tensor? bias, "
-      "int num_heads, Tensor? padding_mask) -> (Tensor, Tensor)");
+      "native_span_bwd(Tensor grad_out, Tensor query, Tensor key_conv, Tensor values, Tensor weight, Tensor probs, "
+      "int num_heads, Tensor? padding_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "span_dynamic_conv_bwd(Tensor grad_out, Tensor? grad_probs, Tensor query, Tensor key_conv, Tensor values, "
-      "Tensor weight, Tensor probs, int num_heads, Tensor? padding_mask) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "native_dynamic_fwd(Tensor values, Tensor logits, int num_heads, Tensor? padding_mask, bool save_probs) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "native_dynamic_bwd(Tensor grad_out, Tensor values, Tensor probs, int num_heads, Tensor? padding_mask) "
+      "-> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(convbert_kernels, CPU, m) {
-  m.impl("dynamic_conv_fwd", &dynamic_conv_fwd_impl<&convbert_kernels::kCpuKernels>);
-  m.impl("dynamic_conv_bwd", &dynamic_conv_bwd_impl<&convbert_kernels::kCpuKernels>);
-  m.impl("span_dynamic_conv_fwd", &span_dynamic_conv_fwd_impl<&convbert_kernels::kCpuKernels>);
-  m.impl("span_dynamic_conv_bwd", &span_dynamic_conv_bwd_impl<&convbert_kernels::kCpuKernels>);
-}
+#define CONVBERT_REGISTER_DEVICE(m, kernels)                                             \
+  m.impl("native_span_fwd", &convbert_kernels::native_span_fwd<&kernels>);              \
+  m.impl("native_span_bwd", &convbert_kernels::native_span_bwd<&kernels>);              \
+  m.impl("native_dynamic_fwd", &convbert_kernels::native_dynamic_fwd<&kernels>);        \
+  m.impl("native_dynamic_bwd", &convbert_kernels::native_dynamic_bwd<&kernels>)
+
+TORCH_LIBRARY_IMPL(convbert_kernels, CPU, m) { CONVBERT_REGISTER_DEVICE(m, convbert_kernels::kCpuKernels); }
 
 #ifdef CONVBERT_WITH_CUDA
-TORCH_LIBRARY_IMPL(convbert_kernels, CUDA, m) {
-  m.impl("dynamic_conv_fwd", &dynamic_conv_fwd_impl<&convbert_kernels::kCudaKernels>);
-  m.impl("dynamic_conv_bwd", &dynamic_conv_bwd_impl<&convbert_kernels::kCudaKernels>);
-  m.impl("span_dynamic_conv_fwd", &span_dynamic_conv_fwd_impl<&convbert_kernels::kCudaKernels>);
-  m.impl("span_dynamic_conv_bwd", &span_dynamic_conv_bwd_impl<&convbert_kernels::kCudaKernels>);
-}
+TORCH_LIBRARY_IMPL(convbert_kernels, CUDA, m) { CONVBERT_REGISTER_DEVICE(m, convbert_kernels::kCudaKernels); }
 #endif
 
 // `import convbert_kernels._C` loads the library (and with it the registrations above).

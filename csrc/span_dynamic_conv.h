@@ -7,7 +7,7 @@
 //   out[b, t, h, j]     = sum_k probs[b, t, h, k] * vm[b, t + k - P, h, j]     (vm = values * mask,
 //                                                                             zero outside [0, L))
 // and the backward pieces
-//   dp[b, t, h, k]      = sum_j g[b, t, h, j] * vm[b, t + k - P, h, j] (+ grad_probs)
+//   dp[b, t, h, k]      = sum_j g[b, t, h, j] * vm[b, t + k - P, h, j]
 //   d_logits            = probs * (dp - sum_k probs * dp)
 //   d_values[b, s, h, j] = mask[b, s] * sum_k probs[b, s - k + P, h, k] * g[b, s - k + P, h, j]
 //
@@ -30,11 +30,11 @@ inline at::ScalarType acc_dtype_for(at::ScalarType t) {
 // Each device provides four entry points (all tensors contiguous, on that device):
 //
 // window_forward: values [B, L, C], logits [B, L, R] (values dtype), mask bool [B, L] or undefined;
-//   writes out [B, L, C] and probs [B, L, R] (acc dtype).
-// window_backward: grad_out, values [B, L, C], probs [B, L, R], grad_probs (acc dtype) or
-//   undefined; writes d_values [B, L, C] and d_logits [B, L, R] (values dtype).
+//   writes out [B, L, C], and probs [B, L, R] (acc dtype) unless probs is undefined (not saved).
+// window_backward: grad_out, values [B, L, C], probs [B, L, R] (acc dtype); writes d_values
+//   [B, L, C] and d_logits [B, L, R] (values dtype).
 // span_forward: query, key_conv [N, A] (input dtype), values [B, L, C], weight_acc [R, A] and
-//   bias_acc [R] or undefined (acc dtype); writes out and probs. The logits are
+//   bias_acc [R] or undefined (acc dtype); writes out and probs (if defined). The logits are
 //   (query * key_conv) @ weight^T + bias.
 // span_backward: as above plus grad_out and probs; writes d_query, d_key_conv [N, A] (input dtype)
 //   and d_values; returns (d_weight [R, A], d_bias [R]) in the acc dtype. The weight/bias
@@ -42,14 +42,14 @@ inline at::ScalarType acc_dtype_for(at::ScalarType t) {
 #define CONVBERT_DECLARE_DEVICE(dev)                                                                                \
   void window_forward_##dev(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,            \
                             int64_t num_heads, at::Tensor& out, at::Tensor& probs);                                 \
-  void window_backward_##dev(const at::Tensor& grad_out, const at::Tensor& grad_probs, const at::Tensor& values,   \
-                             const at::Tensor& probs, const at::Tensor& mask, int64_t num_heads,                   \
-                             at::Tensor& d_values, at::Tensor& d_logits);                                          \
+  void window_backward_##dev(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& probs,       \
+                             const at::Tensor& mask, int64_t num_heads, at::Tensor& d_values,                     \
+                             at::Tensor& d_logits);                                                                \
   void span_forward_##dev(const at::Tensor& query, const at::Tensor& key_conv, const at::Tensor& values,           \
                           const at::Tensor& weight_acc, const at::Tensor& bias_acc, const at::Tensor& mask,        \
                           int64_t num_heads, at::Tensor& out, at::Tensor& probs);                                   \
   std::tuple<at::Tensor, at::Tensor> span_backward_##dev(                                                           \
-      const at::Tensor& grad_out, const at::Tensor& grad_probs, const at::Tensor& query, const at::Tensor& key_conv, \
+      const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key_conv,                              \
       const at::Tensor& values, const at::Tensor& weight_acc, const at::Tensor& probs, const at::Tensor& mask,      \
       int64_t num_heads, at::Tensor& d_query, at::Tensor& d_key_conv, at::Tensor& d_values);
 

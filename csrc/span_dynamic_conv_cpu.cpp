@@ -117,7 +117,7 @@ void window_forward_cpu(const at::Tensor& values, const at::Tensor& logits, cons
     const scalar_t* v = values.data_ptr<scalar_t>();
     const scalar_t* lg = logits.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    acc_t* p = probs.data_ptr<acc_t>();
+    acc_t* p = probs.defined() ? probs.data_ptr<acc_t>() : nullptr;  // not saved: the kernel keeps them per token
     const bool* m = mask_ptr(mask);
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
@@ -128,16 +128,14 @@ void window_forward_cpu(const at::Tensor& values, const at::Tensor& logits, cons
   });
 }
 
-void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_probs, const at::Tensor& values,
-                         const at::Tensor& probs, const at::Tensor& mask, int64_t num_heads, at::Tensor& d_values,
-                         at::Tensor& d_logits) {
+void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& probs,
+                         const at::Tensor& mask, int64_t num_heads, at::Tensor& d_values, at::Tensor& d_logits) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
   const int64_t n = num_heads, d = C / n, K = probs.size(2) / n, N = B * L;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "window_backward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     TORCH_CHECK(d_logits.scalar_type() == values.scalar_type(), "d_logits must have the values' dtype");
     const scalar_t* g = grad_out.data_ptr<scalar_t>();
-    const acc_t* gp = grad_probs.defined() ? grad_probs.data_ptr<acc_t>() : nullptr;
     const scalar_t* v = values.data_ptr<scalar_t>();
     const acc_t* p = probs.data_ptr<acc_t>();
     scalar_t* dv = d_values.data_ptr<scalar_t>();
@@ -146,7 +144,7 @@ void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_prob
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
-        CONVBERT_ISA_CALL(window_backward_range, g, gp, v, p, m, dv, dl, 0, L, n, d, K,
+        CONVBERT_ISA_CALL(window_backward_range, g, v, p, m, dv, dl, 0, L, n, d, K,
                           n0, n1);
       }
     });
@@ -167,7 +165,7 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
     using acc_t = acc_of<scalar_t>;
     const scalar_t* v = values.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    acc_t* p = probs.data_ptr<acc_t>();
+    acc_t* p = probs.defined() ? probs.data_ptr<acc_t>() : nullptr;  // not saved: the kernel keeps them per token
     const bool* m = mask_ptr(mask);
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       // OpenMP workers do not inherit the caller's dispatch state: keep these ATen calls below
@@ -191,9 +189,8 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
 // d_key_conv = d_ca * query, and the range's partial d_weight = d_logits^T (query * key_conv),
 // d_bias = column sums of d_logits. The partials are added in range order afterwards: the result
 // does not depend on the number of threads or on which thread ran which range.
-std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_probs,
-                                                     const at::Tensor& query, const at::Tensor& key_conv,
-                                                     const at::Tensor& values, const at::Tensor& weight_acc,
+std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out, const at::Tensor& query,
+                                                     const at::Tensor& key_conv, const at::Tensor& values, const at::Tensor& weight_acc,
                                                      const at::Tensor& probs, const at::Tensor& mask,
                                                      int64_t num_heads, at::Tensor& d_query, at::Tensor& d_key_conv,
                                                      at::Tensor& d_values) {
@@ -206,7 +203,6 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "span_backward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     const scalar_t* g = grad_out.data_ptr<scalar_t>();
-    const acc_t* gp = grad_probs.defined() ? grad_probs.data_ptr<acc_t>() : nullptr;
     const scalar_t* v = values.data_ptr<scalar_t>();
     const acc_t* p = probs.data_ptr<acc_t>();
     scalar_t* dv = d_values.data_ptr<scalar_t>();
@@ -216,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, len = std::min(N, n0 + kRange) - n0;
         at::Tensor dl = at::empty({len, R}, weight_acc.options());
-        CONVBERT_ISA_CALL(window_backward_range, g, gp, v, p, m, dv, dl.data_ptr<acc_t>(),
+        CONVBERT_ISA_CALL(window_backward_range, g, v, p, m, dv, dl.data_ptr<acc_t>(),
                           n0, L, n, d, K, n0, n0 + len);
         const at::Tensor q = query.narrow(0, n0, len).to(acc);
         const at::Tensor kc = key_conv.narrow(0, n0, len).to(acc);

@@ -1,7 +1,7 @@
 // CUDA implementation of the window kernels and the deterministic weight gradient.
 //
 // Window kernels: one block per (tile of `tt` tokens of one sequence, head). The block softmaxes
-// the tile's logits into shared memory (writing probs once for the backward), then walks the
+// the tile's logits into shared memory (writing probs once for the backward, when asked to), then walks the
 // head's d channels in chunks of kChunk: the value window of the tile, rows [t0 - P, t0 + tt + P),
 // is staged in shared memory (masked rows and rows outside [0, L) as zeros, converted to fp32),
 // and each thread produces (token, channel) outputs from it. Accumulation is fp32 (fp64 for
@@ -94,11 +94,10 @@ __global__ void __launch_bounds__(kThreads)
       sum += e;
     }
     const acc_t inv = acc_t(1) / sum;
-    acc_t* pg = probs + tok * R + static_cast<int64_t>(h) * K;
-    for (int k = 0; k < K; ++k) {
-      const acc_t p = sp[i * K + k] * inv;
-      sp[i * K + k] = p;
-      pg[k] = p;
+    for (int k = 0; k < K; ++k) sp[i * K + k] *= inv;
+    if (probs != nullptr) {  // saved for the backward
+      acc_t* pg = probs + tok * R + static_cast<int64_t>(h) * K;
+      for (int k = 0; k < K; ++k) pg[k] = sp[i * K + k];
     }
   }
   __syncthreads();
@@ -129,8 +128,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename scalar_t, typename acc_t, typename dlogit_t>
 __global__ void __launch_bounds__(kThreads)
-    window_backward_kernel(const scalar_t* __restrict__ grad_out, const acc_t* __restrict__ grad_probs,
-                           const scalar_t* __restrict__ values, const acc_t* __restrict__ probs,
+    window_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ values, const acc_t* __restrict__ probs,
                            const bool* __restrict__ mask, scalar_t* __restrict__ d_values,
                            dlogit_t* __restrict__ d_logits, int64_t L, int n, int d, int K, int64_t tiles, int tt) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -155,7 +153,7 @@ __global__ void __launch_bounds__(kThreads)
     sp[idx] = probs[tok * R + hK + k];
     const int64_t tb = t0 + i + P - k;
     sband[idx] = (tb >= 0 && tb < L) ? probs[(b * L + tb) * R + hK + k] : acc_t(0);
-    sdp[idx] = grad_probs != nullptr ? grad_probs[tok * R + hK + k] : acc_t(0);
+    sdp[idx] = 0;
   }
   __syncthreads();
 
@@ -273,8 +271,8 @@ void check_grid(int64_t blocks, int64_t n) {
 
 // Window kernels; logits / d_logits may be in the values dtype (dynamic_conv) or the
 // accumulation dtype (span_dynamic_conv).
-static void window_forward_cuda_impl(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,
-                                     int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
+void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,
+                         int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
   const int64_t n = num_heads, d = C / n, K = logits.size(2) / n;
   if (B * L == 0 || C == 0) return;
@@ -293,7 +291,7 @@ static void window_forward_cuda_impl(const at::Tensor& values, const at::Tensor&
       using logit_t = decltype(logit_tag);
       window_forward_kernel<scalar_t, acc_t, logit_t><<<grid, kThreads, smem, stream>>>(
           values.data_ptr<scalar_t>(), logits.data_ptr<logit_t>(), mask_ptr(mask), out.data_ptr<scalar_t>(),
-          probs.data_ptr<acc_t>(), L, static_cast<int>(n), static_cast<int>(d), static_cast<int>(K), tiles, tt);
+          probs.defined() ? probs.data_ptr<acc_t>() : nullptr, L, static_cast<int>(n), static_cast<int>(d), static_cast<int>(K), tiles, tt);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (logits_acc) {
@@ -304,9 +302,8 @@ static void window_forward_cuda_impl(const at::Tensor& values, const at::Tensor&
   });
 }
 
-static void window_backward_cuda_impl(const at::Tensor& grad_out, const at::Tensor& grad_probs,
-                                      const at::Tensor& values, const at::Tensor& probs, const at::Tensor& mask,
-                                      int64_t num_heads, at::Tensor& d_values, at::Tensor& d_logits) {
+void window_backward_cuda(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& probs,
+                          const at::Tensor& mask, int64_t num_heads, at::Tensor& d_values, at::Tensor& d_logits) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
   const int64_t n = num_heads, d = C / n, K = probs.size(2) / n;
   if (B * L == 0) return;
@@ -325,11 +322,10 @@ static void window_backward_cuda_impl(const at::Tensor& grad_out, const at::Tens
     check_grid(B * tiles, n);
     const dim3 grid(static_cast<unsigned>(B * tiles), static_cast<unsigned>(n));
     const size_t smem = backward_smem<acc_t>(tt, static_cast<int>(K));
-    const acc_t* gp = grad_probs.defined() ? grad_probs.data_ptr<acc_t>() : nullptr;
     auto launch = [&](auto dlogit_tag) {
       using dlogit_t = decltype(dlogit_tag);
       window_backward_kernel<scalar_t, acc_t, dlogit_t><<<grid, kThreads, smem, stream>>>(
-          grad_out.data_ptr<scalar_t>(), gp, values.data_ptr<scalar_t>(), probs.data_ptr<acc_t>(), mask_ptr(mask),
+          grad_out.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(), probs.data_ptr<acc_t>(), mask_ptr(mask),
           d_values.data_ptr<scalar_t>(), d_logits.data_ptr<dlogit_t>(), L, static_cast<int>(n), static_cast<int>(d),
           static_cast<int>(K), tiles, tt);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -392,34 +388,22 @@ void span_forward_cuda(const at::Tensor& query, const at::Tensor& key_conv, cons
   c10::cuda::CUDAGuard guard(values.device());
   at::Tensor logits = at::mm(query.to(acc) * key_conv.to(acc), weight_acc.t());
   if (bias_acc.defined()) logits.add_(bias_acc);
-  window_forward_cuda_impl(values, logits.view({B, L, R}), mask, num_heads, out, probs);
+  window_forward_cuda(values, logits.view({B, L, R}), mask, num_heads, out, probs);
 }
 
 // The CUDA backward: the fused window backward (d_values as a gather, d_logits), then
 // d_ca = d_logits @ W (a GEMM), d_query / d_key_conv, and the two-stage deterministic weight and
 // bias reduction.
-std::tuple<at::Tensor, at::Tensor> span_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_probs,
-                                                      const at::Tensor& query, const at::Tensor& key_conv,
-                                                      const at::Tensor& values, const at::Tensor& weight_acc,
+std::tuple<at::Tensor, at::Tensor> span_backward_cuda(const at::Tensor& grad_out, const at::Tensor& query,
+                                                      const at::Tensor& key_conv, const at::Tensor& values, const at::Tensor& weight_acc,
                                                       const at::Tensor& probs, const at::Tensor& mask,
                                                       int64_t num_heads, at::Tensor& d_query, at::Tensor& d_key_conv,
                                                       at::Tensor& d_values) {
   const int64_t B = values.size(0), L = values.size(1), R = weight_acc.size(0);
   c10::cuda::CUDAGuard guard(values.device());
   at::Tensor d_logits = at::empty({B, L, R}, weight_acc.options());
-  window_backward_cuda_impl(grad_out, grad_probs, values, probs, mask, num_heads, d_values, d_logits);
+  window_backward_cuda(grad_out, values, probs, mask, num_heads, d_values, d_logits);
   return param_grads_cuda(d_logits.view({B * L, R}), query, key_conv, weight_acc, d_query, d_key_conv);
-}
-
-void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,
-                         int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
-  window_forward_cuda_impl(values, logits, mask, num_heads, out, probs);
-}
-
-void window_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_probs, const at::Tensor& values,
-                          const at::Tensor& probs, const at::Tensor& mask, int64_t num_heads, at::Tensor& d_values,
-                          at::Tensor& d_logits) {
-  window_backward_cuda_impl(grad_out, grad_probs, values, probs, mask, num_heads, d_values, d_logits);
 }
 
 }  // namespace convbert_kernels

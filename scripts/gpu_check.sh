@@ -154,7 +154,7 @@ built_and_current() {
 import importlib.metadata, sys, torch
 import convbert_kernels._C  # the prebuilt extension, not a just-in-time build
 importlib.metadata.version("convbert-kernels")  # installed (entry points), not only importable
-ok = torch._C._dispatch_has_kernel_for_dispatch_key("convbert_kernels::span_dynamic_conv_fwd", "CUDA")
+ok = torch._C._dispatch_has_kernel_for_dispatch_key("convbert_kernels::native_span_fwd", "CUDA")
 sys.exit(0 if ok else 1)
 EOF
 }

@@ -27,12 +27,20 @@ AWKWARD_SHAPES = [
     (1, 5, 16, 16, 4, 31),
 ]
 
-# More awkward cases for the Triton tests.
+# More awkward cases (the Triton GPU cases use them too).
 TRITON_EXTRA_SHAPES = [
     (2, 4, 16, 24, 2, 15),  # L < K, d = 12
     (1, 1, 8, 5, 1, 31),  # L = 1, K = 31, d = 5
     (2, 6, 20, 9, 3, 1),  # K = 1, d = 3, A != C
     (1, 9, 5, 48, 1, 11),  # d = 48 (ConvBERT medium-small), A = 5 < 16
+]
+
+# Every backend, fp32: the above plus K = 31 with L > K, d = 256, d = 48 over several tiles.
+MORE_SHAPES = TRITON_EXTRA_SHAPES + [
+    (2, 40, 20, 7 * 3, 7, 31),  # K = 31 with L > K, d = 3
+    (2, 20, 24, 12 * 4, 4, 9),  # d = 12, A != C
+    (1, 37, 64, 48 * 2, 2, 9),  # d = 48
+    (2, 5, 8, 256, 1, 9),  # d = 256, L < K
 ]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)

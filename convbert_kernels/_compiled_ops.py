@@ -1,0 +1,199 @@
+"""What the two compiled backends (triton, native) share: their ops' contract, fakes and autograd.
+
+Both compiled backends register four ops with the same signatures in the ``convbert_kernels``
+namespace (``triton_*`` in :mod:`.triton_backend`, ``native_*`` in csrc/ops.cpp)::
+
+    *_span_fwd(query, key_conv, values, weight, bias?, num_heads, padding_mask?, save_probs) -> (out, probs)
+    *_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask?)
+        -> (d_query, d_key_conv, d_values, d_weight, d_bias)
+    *_dynamic_fwd(values, logits, num_heads, padding_mask?, save_probs) -> (out, probs)
+    *_dynamic_bwd(grad_out, values, probs, num_heads, padding_mask?) -> (d_values, d_logits)
+
+``probs``, the softmaxed taps, is ``[B, L, n, K]`` in float32 (float64 for float64 inputs), or an
+empty ``[0]`` tensor when ``save_probs`` is false; it is not differentiable. ``d_bias`` is always
+returned. The fake (meta) implementations below check with ``torch._check`` what the real ops
+check (csrc/ops.cpp; the Triton ops call the same checks before launching), so a traced call
+fails on bad input exactly where a real one would. :func:`make_backend` registers the fakes and
+the autograd formulas of one backend's ops and returns the backend.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .backends import Backend
+
+NAMESPACE = "convbert_kernels"
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the softmax, the accumulators and ``probs``: float64 stays, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_like(t, values, name):
+    torch._check(t.device == values.device, lambda: f"{name} is on {t.device} but values is on {values.device}")
+    torch._check(t.dtype == values.dtype, lambda: f"{name} has dtype {t.dtype} but values has {values.dtype}")
+
+
+def _check_heads(values, num_heads, rows) -> int:
+    """Check values [B, L, C] against ``rows = n * K`` logits per token; return K."""
+    torch._check(values.is_floating_point(), lambda: f"values must be a floating tensor, got {values.dtype}")
+    torch._check(values.dim() == 3, lambda: f"values must be [B, L, C], got {tuple(values.shape)}")
+    torch._check(num_heads >= 1, lambda: f"num_heads must be positive, got {num_heads}")
+    torch._check(values.shape[2] % num_heads == 0,
+                 lambda: f"C={values.shape[2]} is not divisible by num_heads={num_heads}")
+    torch._check(rows % num_heads == 0 and (rows // num_heads) % 2 == 1,
+                 lambda: f"the kernel dimension {rows} is not num_heads * K with K odd")
+    return rows // num_heads
+
+
+def _check_mask(padding_mask, values):
+    if padding_mask is not None:
+        torch._check(padding_mask.dim() == 2 and tuple(padding_mask.shape) == tuple(values.shape[:2]),
+                     lambda: f"padding_mask must be [B, L] = {list(values.shape[:2])}, got {tuple(padding_mask.shape)}")
+        torch._check(padding_mask.device == values.device,
+                     lambda: f"padding_mask is on {padding_mask.device} but values is on {values.device}")
+
+
+def _check_span(query, key_conv, values, weight, bias, num_heads, padding_mask) -> int:
+    torch._check(query.dim() == 3 and query.shape == key_conv.shape, lambda: "query and key_conv must be [B, L, A]")
+    torch._check(query.shape[:2] == values.shape[:2], lambda: "query and values must share [B, L]")
+    torch._check(weight.dim() == 2 and weight.shape[1] == query.shape[2], lambda: "weight must be [n*K, A]")
+    for t, name in ((query, "query"), (key_conv, "key_conv"), (weight, "weight")):
+        _check_like(t, values, name)
+    kernel_size = _check_heads(values, num_heads, weight.shape[0])
+    if bias is not None:
+        _check_like(bias, values, "bias")
+        torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0], lambda: "bias must be [n*K]")
+    _check_mask(padding_mask, values)
+    return kernel_size
+
+
+def _check_probs(probs, values, num_heads, kernel_size):
+    expected = (*values.shape[:2], num_heads, kernel_size)
+    torch._check(probs.dim() == 4 and tuple(probs.shape) == expected,
+                 lambda: f"probs must be [B, L, n, K] = {list(expected)}, got {tuple(probs.shape)} "
+                         "(run the forward with save_probs=True)")
+    torch._check(probs.dtype == acc_dtype(values.dtype),
+                 lambda: f"probs must be {acc_dtype(values.dtype)}, got {probs.dtype}")
+    torch._check(probs.device == values.device, lambda: "probs must be on the device of values")
+
+
+def _new_probs(values, num_heads, kernel_size, save_probs):
+    shape = (*values.shape[:2], num_heads, kernel_size) if save_probs else (0,)
+    return values.new_empty(shape, dtype=acc_dtype(values.dtype))
+
+
+def _contiguous_like(t):
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
+def check_span_fwd(query, key_conv, values, weight, bias, num_heads, padding_mask) -> int:
+    """Check a ``*_span_fwd`` call; return K."""
+    return _check_span(query, key_conv, values, weight, bias, num_heads, padding_mask)
+
+
+def check_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask) -> None:
+    kernel_size = _check_span(query, key_conv, values, weight, None, num_heads, padding_mask)
+    _check_probs(probs, values, num_heads, kernel_size)
+    torch._check(grad_out.shape == values.shape, lambda: "grad_out must have the shape of values")
+
+
+def check_dynamic_fwd(values, logits, num_heads, padding_mask) -> int:
+    """Check a ``*_dynamic_fwd`` call; return K."""
+    torch._check(logits.dim() == 3 and logits.shape[:2] == values.shape[:2],
+                 lambda: "logits must be [B, L, n*K] with the values' B and L")
+    _check_like(logits, values, "logits")
+    kernel_size = _check_heads(values, num_heads, logits.shape[2])
+    _check_mask(padding_mask, values)
+    return kernel_size
+
+
+def check_dynamic_bwd(grad_out, values, probs, num_heads, padding_mask) -> None:
+    torch._check(probs.dim() == 4, lambda: f"probs must be [B, L, n, K], got {tuple(probs.shape)} "
+                                           "(run the forward with save_probs=True)")
+    kernel_size = _check_heads(values, num_heads, num_heads * probs.shape[3])
+    _check_probs(probs, values, num_heads, kernel_size)
+    torch._check(grad_out.shape == values.shape, lambda: "grad_out must have the shape of values")
+    _check_mask(padding_mask, values)
+
+
+def span_fwd(query, key_conv, values, weight, bias, num_heads, padding_mask, save_probs):
+    kernel_size = check_span_fwd(query, key_conv, values, weight, bias, num_heads, padding_mask)
+    return _contiguous_like(values), _new_probs(values, num_heads, kernel_size, save_probs)
+
+
+def span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask):
+    check_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask)
+    return (_contiguous_like(query), _contiguous_like(key_conv), _contiguous_like(values),
+            _contiguous_like(weight), weight.new_empty((weight.shape[0],)))
+
+
+def dynamic_fwd(values, logits, num_heads, padding_mask, save_probs):
+    kernel_size = check_dynamic_fwd(values, logits, num_heads, padding_mask)
+    return _contiguous_like(values), _new_probs(values, num_heads, kernel_size, save_probs)
+
+
+def dynamic_bwd(grad_out, values, probs, num_heads, padding_mask):
+    check_dynamic_bwd(grad_out, values, probs, num_heads, padding_mask)
+    return _contiguous_like(values), values.new_empty((*values.shape[:2], probs.shape[2] * probs.shape[3]))
+
+
+# ---- autograd and the backend ------------------------------------------------------------------
+
+
+def _needs_grad(*tensors) -> bool:
+    """Whether autograd will want the backward: only then does the forward save ``probs``."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def make_backend(prefix: str, is_available: Callable[[torch.device], bool]) -> Backend:
+    """Register fakes and autograd for the ops ``convbert_kernels::{prefix}_*`` (already defined)
+    and return the backend that calls them (its inputs validated by :mod:`.ops`)."""
+    ops = getattr(torch.ops, NAMESPACE)
+    span_fwd_op, span_bwd_op = getattr(ops, f"{prefix}_span_fwd"), getattr(ops, f"{prefix}_span_bwd")
+    dynamic_fwd_op, dynamic_bwd_op = getattr(ops, f"{prefix}_dynamic_fwd"), getattr(ops, f"{prefix}_dynamic_bwd")
+    for name, fake in (("span_fwd", span_fwd), ("span_bwd", span_bwd),
+                       ("dynamic_fwd", dynamic_fwd), ("dynamic_bwd", dynamic_bwd)):
+        torch.library.register_fake(f"{NAMESPACE}::{prefix}_{name}", fake)
+
+    def span_setup(ctx, inputs, output):
+        query, key_conv, values, weight, bias, num_heads, padding_mask, _save_probs = inputs
+        ctx.save_for_backward(query, key_conv, values, weight, output[1], padding_mask)
+        ctx.num_heads = num_heads
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(output[1])
+
+    def span_backward(ctx, grad_out, _grad_probs):
+        query, key_conv, values, weight, probs, padding_mask = ctx.saved_tensors
+        d_query, d_key_conv, d_values, d_weight, d_bias = span_bwd_op(
+            grad_out, query, key_conv, values, weight, probs, ctx.num_heads, padding_mask)
+        return d_query, d_key_conv, d_values, d_weight, (d_bias if ctx.has_bias else None), None, None, None
+
+    def dynamic_setup(ctx, inputs, output):
+        values, _logits, num_heads, padding_mask, _save_probs = inputs
+        ctx.save_for_backward(values, output[1], padding_mask)
+        ctx.num_heads = num_heads
+        ctx.mark_non_differentiable(output[1])
+
+    def dynamic_backward(ctx, grad_out, _grad_probs):
+        values, probs, padding_mask = ctx.saved_tensors
+        d_values, d_logits = dynamic_bwd_op(grad_out, values, probs, ctx.num_heads, padding_mask)
+        return d_values, d_logits, None, None, None
+
+    torch.library.register_autograd(f"{NAMESPACE}::{prefix}_span_fwd", span_backward, setup_context=span_setup)
+    torch.library.register_autograd(f"{NAMESPACE}::{prefix}_dynamic_fwd", dynamic_backward,
+                                    setup_context=dynamic_setup)
+
+    def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_mask=None):
+        save = _needs_grad(query, key_conv, values, weight, bias)
+        return span_fwd_op(query, key_conv, values, weight, bias, num_heads, padding_mask, save)[0]
+
+    def dynamic_conv(values, logits, num_heads, padding_mask=None):
+        return dynamic_fwd_op(values, logits, num_heads, padding_mask, _needs_grad(values, logits))[0]
+
+    return Backend(name=prefix, dynamic_conv=dynamic_conv, span_dynamic_conv=span_dynamic_conv,
+                   is_available=is_available)

@@ -1,0 +1,287 @@
+"""Every backend against the float64 oracle: one suite, parametrised over backend x dtype x shape.
+
+Forward and every gradient at awkward shapes, with and without padding masks, no bias and
+non-contiguous inputs, gradcheck, bitwise determinism; for the two compiled backends also
+opcheck, fakes that refuse what the real ops refuse, and probabilities saved only for a backward.
+What one backend alone has (Triton's tiling paths and torch.compile, the native build and thread
+counts) lives in test_triton.py and test_native.py.
+
+On CPU the Triton backend runs through the interpreter (``TRITON_INTERPRET=1``, set by
+scripts/test.sh on machines without a GPU) and skips without it, saying so; it has no bfloat16
+there. The native backend must load: a failed build fails these tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import convbert_kernels as ck
+from oracle import (
+    AWKWARD_SHAPES,
+    MORE_SHAPES,
+    assert_close_to,
+    check_dynamic_backend,
+    check_span_backend,
+    gpu_cases,
+    make_span_inputs,
+    run_span,
+)
+
+COMPILED = ("triton", "native")
+# what each backend is checked in on CPU (reference is the oracle; it is checked by gradcheck)
+CPU_DTYPES = {
+    "eager": (torch.float64, torch.float32, torch.float16, torch.bfloat16),
+    "triton": (torch.float64, torch.float32, torch.float16),  # the interpreter has no bfloat16
+    "native": (torch.float64, torch.float32, torch.float16, torch.bfloat16),
+}
+BACKEND_DTYPES = [pytest.param(b, dt, id=f"{b}-{str(dt).removeprefix('torch.')}")
+                  for b, dts in CPU_DTYPES.items() for dt in dts]
+
+
+def require(backend: str, device: str = "cpu") -> None:
+    """Skip where the backend cannot run here by design; fail where it should and does not."""
+    if backend == "triton":
+        pytest.importorskip("triton", reason="the Triton backend needs the triton package")
+        if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("Triton kernels run on CPU only under the interpreter: set TRITON_INTERPRET=1 before "
+                        "triton is imported (scripts/test.sh does so on machines without a GPU)")
+    assert ck.backend_load_error(backend) is None, f"{backend} failed to load: {ck.backend_load_error(backend)}"
+    assert backend in ck.available_backends(device), f"{backend} is not available for {device}"
+
+
+# ---- forward and every gradient against the oracle ----------------------------------------------
+
+
+@pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES)
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_span_matches_oracle(backend, dtype, shape, with_mask):
+    require(backend)
+    check_span_backend(backend, make_span_inputs(*shape, with_mask=with_mask, seed=sum(shape)), dtype)
+
+
+@pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES)
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_dynamic_matches_oracle(backend, dtype, shape, with_mask):
+    require(backend)
+    check_dynamic_backend(backend, shape, dtype, with_mask=with_mask, seed=3)
+
+
+@pytest.mark.parametrize("backend", CPU_DTYPES)
+@pytest.mark.parametrize("shape", MORE_SHAPES)
+def test_more_shapes_fp32(backend, shape):
+    require(backend)
+    check_span_backend(backend, make_span_inputs(*shape, with_mask=True, seed=7), torch.float32)
+    check_span_backend(backend, make_span_inputs(*shape, with_mask=False, seed=8), torch.float32)
+    check_dynamic_backend(backend, shape, torch.float32, with_mask=True)
+
+
+@pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES)
+def test_no_bias_and_non_contiguous(backend, dtype):
+    require(backend)
+    inputs = make_span_inputs(2, 9, 10, 12, 3, 5, with_bias=False, with_mask=True, non_contiguous=True)
+    # a transposed weight and a strided mask as well
+    inputs.weight = inputs.weight.detach().t().contiguous().t().requires_grad_(True)
+    inputs.padding_mask = torch.cat([inputs.padding_mask, inputs.padding_mask], dim=1)[:, ::2]
+    assert not inputs.values.is_contiguous() and not inputs.query.is_contiguous()
+    assert not inputs.weight.is_contiguous() and not inputs.padding_mask.is_contiguous()
+    check_span_backend(backend, inputs, dtype)
+
+
+@pytest.mark.parametrize("backend", CPU_DTYPES)
+def test_non_contiguous_grad_out_and_logits(backend):
+    require(backend)
+    inputs = make_span_inputs(2, 7, 10, 12, 3, 5, with_mask=True)
+    g = torch.randn(2, 12, 7).transpose(1, 2)  # a non-contiguous upstream gradient
+    out_a, grads_a = run_span(inputs, backend, grad_out=g)
+    out_b, grads_b = run_span(inputs, backend, grad_out=g.contiguous())
+    assert torch.equal(out_a, out_b)
+    for a, b in zip(grads_a, grads_b):
+        assert torch.equal(a, b)
+    values = torch.randn(2, 12, 7).transpose(1, 2).requires_grad_(True)
+    logits = torch.randn(2, 15, 7).transpose(1, 2).requires_grad_(True)
+    out = ck.dynamic_conv(values, logits, 3, backend=backend)
+    dv, dl = torch.autograd.grad(out, [values, logits], g)
+    v64, l64 = (t.detach().double().requires_grad_(True) for t in (values, logits))
+    ref = ck.dynamic_conv(v64, l64, 3, backend="reference")
+    rdv, rdl = torch.autograd.grad(ref, [v64, l64], g.double())
+    for got, want, what in ((out, ref, "forward"), (dv, rdv, "d_values"), (dl, rdl, "d_logits")):
+        assert_close_to(got, want, torch.float32, f"{backend} non-contiguous dynamic_conv {what}")
+
+
+@pytest.mark.parametrize("backend", ["reference", *CPU_DTYPES])
+@pytest.mark.parametrize("shape", [(2, 5, 6, 6, 2, 3), (1, 2, 4, 9, 3, 5), (2, 4, 3, 4, 2, 1)])
+def test_gradcheck_float64(backend, shape):
+    require(backend)
+    inputs = make_span_inputs(*shape, dtype=torch.float64, with_mask=True)
+    mask = inputs.padding_mask
+    # the interpreter runs each of the full check's ~500 launches slowly: a random projection there
+    fast = backend == "triton"
+
+    def span(q, kc, v, w, b):
+        return ck.span_dynamic_conv(q, kc, v, w, b, inputs.num_heads, padding_mask=mask, backend=backend)
+
+    assert torch.autograd.gradcheck(span, tuple(inputs.tensors()), fast_mode=fast)
+    logits = torch.randn(shape[0], shape[1], shape[4] * shape[5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda v, lg: ck.dynamic_conv(v, lg, inputs.num_heads, padding_mask=mask, backend=backend),
+        (inputs.values, logits), fast_mode=fast,
+    )
+
+
+@pytest.mark.parametrize("backend", CPU_DTYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_gradients_bitwise_deterministic(backend, dtype):
+    """Two runs give the same bits, over several token tiles and weight-gradient partials."""
+    require(backend)
+    inputs = make_span_inputs(3, 300, 16, 24, 3, 9, with_mask=True, seed=11).to(dtype)
+    out1, grads1 = run_span(inputs, backend)
+    out2, grads2 = run_span(inputs, backend)
+    assert torch.equal(out1, out2)
+    for a, b in zip(grads1, grads2):
+        assert torch.equal(a, b), "gradients differ bitwise between two runs"
+
+
+@pytest.mark.parametrize("backend", ["reference", *CPU_DTYPES])
+def test_padding_mask_zeroes_padded_values(backend):
+    require(backend)
+    inputs = make_span_inputs(1, 6, 4, 4, 1, 3)
+    mask = torch.tensor([[True, True, True, False, False, False]])
+    masked = ck.span_dynamic_conv(*inputs.tensors(), 1, padding_mask=mask, backend=backend)
+    values = inputs.values.detach().clone()
+    values[:, 3:] = 0
+    zeroed = ck.span_dynamic_conv(inputs.query, inputs.key_conv, values, inputs.weight, inputs.bias, 1,
+                                  backend=backend)
+    torch.testing.assert_close(masked, zeroed)
+    (d_values,) = torch.autograd.grad(masked.sum(), [inputs.values])
+    assert d_values[:, 3:].abs().max() == 0
+    # and the padding changes the output next to it (the mask is not a no-op)
+    plain = ck.span_dynamic_conv(*inputs.tensors(), 1, backend=backend)
+    assert (plain[0, 2] - masked[0, 2]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("backend", ["reference", *CPU_DTYPES])
+def test_ignores_an_enclosing_autocast(backend):
+    """The ops take one dtype; internal GEMMs must not be re-cast by an autocast region around them."""
+    require(backend)
+    inputs = make_span_inputs(2, 9, 16, 16, 2, 5, seed=7)
+    plain = ck.span_dynamic_conv(*inputs.tensors(), 2, backend=backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = ck.span_dynamic_conv(*inputs.tensors(), 2, backend=backend)
+        inside.sum().backward()
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, plain, rtol=1e-6, atol=1e-6)
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in inputs.tensors())
+
+
+# ---- the compiled backends' ops: one contract (convbert_kernels/_compiled_ops.py) ----------------
+
+
+def _ops(backend):
+    ops = torch.ops.convbert_kernels
+    return {name: getattr(ops, f"{backend}_{name}") for name in ("span_fwd", "span_bwd", "dynamic_fwd", "dynamic_bwd")}
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_opcheck(backend):
+    require(backend)
+    op = _ops(backend)
+    inputs = make_span_inputs(2, 5, 6, 6, 2, 3, with_mask=True)
+    span_args = (*inputs.tensors(), 2, inputs.padding_mask)
+    torch.library.opcheck(op["span_fwd"], (*span_args, True))
+    torch.library.opcheck(op["span_fwd"], (*span_args[:4], None, 2, None, True))
+    torch.library.opcheck(op["span_fwd"], (*(t.detach() for t in inputs.tensors()), 2, None, False))
+    _out, probs = op["span_fwd"](*span_args, True)
+    g = torch.randn(2, 5, 6)
+    plain = [t.detach() for t in inputs.tensors()[:4]]
+    torch.library.opcheck(op["span_bwd"], (g, *plain, probs, 2, inputs.padding_mask))
+    logits = torch.randn(2, 5, 6, requires_grad=True)
+    torch.library.opcheck(op["dynamic_fwd"], (inputs.values, logits, 2, inputs.padding_mask, True))
+    torch.library.opcheck(op["dynamic_fwd"], (inputs.values.detach(), logits.detach(), 2, None, False))
+    _out, probs = op["dynamic_fwd"](inputs.values, logits, 2, None, True)
+    torch.library.opcheck(op["dynamic_bwd"], (g, inputs.values.detach(), probs, 2, None))
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_probs_saved_only_for_a_backward_and_not_differentiable(backend):
+    require(backend)
+    op = _ops(backend)
+    inputs = make_span_inputs(2, 7, 10, 12, 3, 5, with_mask=True)
+    args = (*inputs.tensors(), 3, inputs.padding_mask)
+    _out, probs = op["span_fwd"](*args, True)
+    assert probs.shape == (2, 7, 3, 5) and probs.dtype == torch.float32 and not probs.requires_grad
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 7, 3))
+    with torch.no_grad():
+        out = ck.span_dynamic_conv(*inputs.tensors(), 3, padding_mask=inputs.padding_mask, backend=backend)
+        ref = ck.span_dynamic_conv(*(t.double() for t in inputs.tensors()), 3, padding_mask=inputs.padding_mask,
+                                   backend="reference")
+        _, unsaved = op["span_fwd"](*args, False)
+        _, unsaved_dynamic = op["dynamic_fwd"](inputs.values, torch.randn(2, 7, 15), 3, None, False)
+    assert unsaved.numel() == 0 and unsaved_dynamic.numel() == 0
+    assert_close_to(out, ref, torch.float32, "no-grad forward")
+
+
+def _bad_calls(backend):
+    """(what is wrong, op, args): calls every backend's ops must refuse, real or fake."""
+    op = _ops(backend)
+    q, kc, v, w, b = (t.detach() for t in make_span_inputs(2, 7, 10, 12, 3, 5).tensors())
+    probs = torch.rand(2, 7, 3, 5)
+    return [
+        ("even K", op["span_fwd"], (q, kc, v, w[:12], b[:12], 3, None, True)),
+        ("C not divisible by heads", op["span_fwd"], (q, kc, v[..., :11], w, b, 3, None, True)),
+        ("weight dtype", op["span_fwd"], (q, kc, v, w.double(), b, 3, None, True)),
+        ("bias shape", op["span_fwd"], (q, kc, v, w, b[:5], 3, None, True)),
+        ("mask shape", op["span_fwd"], (q, kc, v, w, b, 3, torch.ones(2, 6, dtype=torch.bool), True)),
+        ("query shape", op["span_fwd"], (q[:, :5], kc[:, :5], v, w, b, 3, None, True)),
+        ("logits B/L", op["dynamic_fwd"], (v, torch.randn(2, 6, 15), 3, None, True)),
+        ("even K (dynamic)", op["dynamic_fwd"], (v, torch.randn(2, 7, 12), 3, None, True)),
+        ("probs dtype", op["dynamic_bwd"], (v, v, probs.double(), 3, None)),
+        ("probs not saved", op["span_bwd"], (v, q, kc, v, w, torch.empty(0), 3, None)),
+        ("grad_out shape", op["span_bwd"], (v[:, :5], q, kc, v, w, probs, 3, None)),
+    ]
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("index", range(11))
+def test_fakes_refuse_what_the_ops_refuse(backend, index):
+    """A traced (fake-tensor) call fails where a real one does: the fakes check what the kernels do."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    require(backend)
+    what, op, args = _bad_calls(backend)[index]
+    with pytest.raises(RuntimeError):
+        op(*args)
+    mode = FakeTensorMode()
+    fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+    with mode, pytest.raises(RuntimeError):
+        op(*fake_args)
+
+
+# ---- GPU ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", gpu_cases("triton") + gpu_cases("native"), ids=str)
+def test_gpu_matches_oracle(case):
+    """fp32/fp16/bf16 (and fp64 native), span and dynamic_conv, masks, no bias, non-contiguous: the
+    cases of oracle.GPU_CASES, whose fp16/bf16 tolerances tests/test_lowp_tolerance.py checks on CPU."""
+    require(case.backend, "cuda")
+    case.check(device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_gradients_bitwise_deterministic(backend, dtype):
+    require(backend, "cuda")
+    for shape in [(4, 257, 384, 384, 6, 9), (4, 600, 64, 96, 2, 9)]:  # ConvBERT-base; many weight partials
+        inputs = make_span_inputs(*shape, with_mask=True, seed=13).to(dtype, "cuda")
+        first = run_span(inputs, backend)
+        second = run_span(inputs, backend)
+        assert torch.equal(first[0], second[0])
+        for a, b in zip(first[1], second[1]):
+            assert torch.equal(a, b), f"{shape}: gradients differ bitwise between two runs"
