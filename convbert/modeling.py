@@ -16,7 +16,6 @@ One mixed-attention layer, for hidden states x [B, L, Hd] (n heads of size d, A 
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -24,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-import convbert_kernels
+from convbert_kernels import load_backends
+from convbert_kernels.mixed_attention import attention_branch, conv_branch, mix_heads
 
 from .configuration import ConvBertConfig
 from .outputs import (
@@ -142,49 +142,17 @@ class ConvBertSelfAttention(nn.Module):
 
         Returns (context [B, L, 2A], attention probabilities [B, n, L, L] or None).
         """
-        batch, length, _ = hidden_states.shape
-        n, d = self.num_attention_heads, self.attention_head_size
         query = self.query(hidden_states)
-
-        # Convolution half: span-aware kernels from key_conv * query, applied to a window of values.
-        # Under autocast the projections come out in the autocast dtype while the fp32 parameters
-        # (the separable conv's bias, the kernel layer) do not: cast them as nn.Linear would.
-        dtype = query.dtype
-        kernel_bias = self.conv_kernel_layer.bias
-        conv = convbert_kernels.span_dynamic_conv(
-            query,
-            self.key_conv_attn_layer(hidden_states).to(dtype),
-            self.conv_out_layer(hidden_states).to(dtype),
-            self.conv_kernel_layer.weight.to(dtype),
-            None if kernel_bias is None else kernel_bias.to(dtype),
-            n,
-            padding_mask=padding_mask if self.config.conv_mask_padding else None,
+        conv = conv_branch(
+            query, self.key_conv_attn_layer(hidden_states), self.conv_out_layer(hidden_states), self.conv_kernel_layer,
+            self.num_attention_heads, padding_mask=padding_mask if self.config.conv_mask_padding else None,
             backend=self.config.conv_backend,
         )
-
-        # Attention half.
-        def heads(x):
-            return x.view(batch, length, n, d).transpose(1, 2)
-
-        q, k, v = heads(query), heads(self.key(hidden_states)), heads(self.value(hidden_states))
-        probs = None
-        if output_attentions or head_mask is not None:
-            scores = q @ k.transpose(-1, -2) / math.sqrt(d)
-            if attention_mask is not None:
-                scores = scores + attention_mask
-            probs = self.dropout(torch.softmax(scores, dim=-1))
-            if head_mask is not None:
-                probs = probs * head_mask
-            context = probs @ v
-        else:
-            context = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attention_mask, dropout_p=self.dropout.p if self.training else 0.0
-            )
-        context = context.transpose(1, 2)  # [B, L, n, d]
-
-        # Per token: the n attention heads first, then the n convolution heads.
-        mixed = torch.cat([context, conv.view(batch, length, n, d)], dim=2)
-        return mixed.reshape(batch, length, 2 * self.all_head_size), probs
+        context, probs = attention_branch(
+            query, self.key(hidden_states), self.value(hidden_states), self.num_attention_heads,
+            attention_mask=attention_mask, dropout=self.dropout, head_mask=head_mask, need_probs=output_attentions,
+        )
+        return mix_heads(context, conv), probs
 
 
 class ConvBertSelfOutput(nn.Module):
@@ -311,7 +279,7 @@ class ConvBertPreTrainedModel(PreTrainedMixin, nn.Module):
         self.config = config
         # the conv backend is imported now (only it: an eager model never builds the native
         # extension), so torch.compile never has to import one mid-trace
-        convbert_kernels.load_backends(config.conv_backend)
+        load_backends(config.conv_backend)
 
     def post_init(self) -> None:
         self.apply(self._init_weights)
@@ -505,8 +473,10 @@ class ConvBertForMaskedLM(ConvBertPreTrainedModel):
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         """``labels`` [B, L]: target ids, -100 where no loss is taken. Returns ``MaskedLMOutput``."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        backbone = self.convbert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict=True)
+        backbone = self.convbert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                 position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+                                 output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                                 return_dict=True)
         sequence = backbone.last_hidden_state
         logits = self.generator_lm_head(self.generator_predictions(sequence))
         loss = None
@@ -547,8 +517,10 @@ class ConvBertForSequenceClassification(ConvBertPreTrainedModel):
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         """``labels``: [B] class ids, [B] floats (regression) or [B, num_labels] (multi-label)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        backbone = self.convbert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict=True)
+        backbone = self.convbert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                 position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+                                 output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                                 return_dict=True)
         sequence = backbone.last_hidden_state
         logits = self.classifier(sequence)
         loss = None if labels is None else self._loss(logits, labels)
@@ -598,8 +570,10 @@ class ConvBertForMultipleChoice(ConvBertPreTrainedModel):
             return None if t is None else t.reshape(-1, *t.shape[2:])
 
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        backbone = self.convbert(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                                 head_mask, flat(inputs_embeds), output_attentions, output_hidden_states,
+        backbone = self.convbert(input_ids=flat(input_ids), attention_mask=flat(attention_mask),
+                                 token_type_ids=flat(token_type_ids), position_ids=flat(position_ids),
+                                 head_mask=head_mask, inputs_embeds=flat(inputs_embeds),
+                                 output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                                  return_dict=True)
         sequence = backbone.last_hidden_state
         logits = self.classifier(self.sequence_summary(sequence[:, -1])).view(-1, num_choices)
@@ -624,8 +598,10 @@ class ConvBertForTokenClassification(ConvBertPreTrainedModel):
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         """``labels`` [B, L] class ids, -100 where no loss is taken."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        backbone = self.convbert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict=True)
+        backbone = self.convbert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                 position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+                                 output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                                 return_dict=True)
         sequence = backbone.last_hidden_state
         logits = self.classifier(self.dropout(sequence))
         loss = None
@@ -650,8 +626,10 @@ class ConvBertForQuestionAnswering(ConvBertPreTrainedModel):
                 output_hidden_states=None, return_dict=None):
         """``start_positions`` / ``end_positions`` [B]; positions outside [0, L) are ignored."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        backbone = self.convbert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict=True)
+        backbone = self.convbert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                 position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+                                 output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                                 return_dict=True)
         sequence = backbone.last_hidden_state
         start_logits, end_logits = self.qa_outputs(sequence).split(1, dim=-1)
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()

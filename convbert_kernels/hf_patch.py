@@ -11,17 +11,18 @@ attention half, and replaces only the span-based dynamic convolution -- ``conv_k
 ``key_conv * query``, softmax over K, ``unfold`` of the values and the batched matmul -- by one call
 to :func:`convbert_kernels.span_dynamic_conv`. No parameter, buffer or state-dict key changes.
 
-The forward is picked to match the installed ``transformers`` version's signature and return
-value:
+The forward matches the signature and return value of the installed ``transformers``; the two
+supported generations are:
 
 * 5.x: ``forward(hidden_states, attention_mask=None, encoder_hidden_states=None, **kwargs)``
   returning ``(context, attention_probs)``; attentions are recorded by transformers' own forward
   hooks, which still fire on the patched module.
-* 4.x: ``forward(hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
-  output_attentions=False)`` returning ``(context, attention_probs)`` when ``output_attentions``
-  else ``(context,)``; ``head_mask`` multiplies the attention probabilities.
-* any other signature: the arguments are bound by name against the original signature (slower
-  per call, same semantics as far as the parameters above go).
+* 4.x (4.40 and later): ``forward(hidden_states, attention_mask=None, head_mask=None,
+  encoder_hidden_states=None, output_attentions=False)`` returning ``(context, attention_probs)``
+  when ``output_attentions`` else ``(context,)``; ``head_mask`` multiplies the attention
+  probabilities.
+
+Any other signature raises ``TypeError`` at patch time, naming these two.
 
 As in transformers, neither the attention mask nor the head mask touches the convolution branch.
 
@@ -31,14 +32,12 @@ As in transformers, neither the attention mask nor the head mask touches the con
 from __future__ import annotations
 
 import inspect
-import math
 import types
 
-import torch
 from torch import nn
 
 from .backends import load_backends
-from .ops import span_dynamic_conv
+from .mixed_attention import attention_branch, conv_branch, mix_heads
 
 __all__ = ["patch_transformers", "unpatch_transformers"]
 
@@ -58,60 +57,19 @@ def _self_attention_class():
     return modeling_convbert.ConvBertSelfAttention
 
 
-# --------------------------------------------------------------------------------------------
-# The two halves of the layer
-# --------------------------------------------------------------------------------------------
-
-
-def _conv_branch(module, hidden_states, query, backend):
-    """ConvBERT's convolution branch via span_dynamic_conv; [B, L, A] in the dtype of the values."""
-    key_conv = module.key_conv_attn_layer(hidden_states.transpose(1, 2)).transpose(1, 2)
-    values = module.conv_out_layer(hidden_states)
-    weight = module.conv_kernel_layer.weight
-    bias = module.conv_kernel_layer.bias
-    dtype = values.dtype
-    # Under autocast the projections come out in the autocast dtype while the parameters stay
-    # fp32; nn.Linear would cast them, so do the same. A no-op otherwise.
-    if query.dtype != dtype:
-        query = query.to(dtype)
-    if key_conv.dtype != dtype:
-        key_conv = key_conv.to(dtype)
-    if weight.dtype != dtype:
-        weight = weight.to(dtype)
-    if bias is not None and bias.dtype != dtype:
-        bias = bias.to(dtype)
-    return span_dynamic_conv(query, key_conv, values, weight, bias, module.num_attention_heads, backend=backend)
-
-
-def _attention_and_concat(module, hidden_states, mixed_query, attention_mask, head_mask, encoder_hidden_states, conv):
-    """The unchanged attention half, then [attention context | conv] per head, as transformers does."""
-    batch, length = hidden_states.shape[:2]
-    heads, head_size = module.num_attention_heads, module.attention_head_size
-    source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
-    query = mixed_query.view(batch, length, -1, head_size).transpose(1, 2)
-    key = module.key(source).view(batch, source.shape[1], -1, head_size).transpose(1, 2)
-    value = module.value(source).view(batch, source.shape[1], -1, head_size).transpose(1, 2)
-
-    scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(head_size)
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    probs = nn.functional.softmax(scores, dim=-1)
-    probs = module.dropout(probs)
-    if head_mask is not None:
-        probs = probs * head_mask
-    context = torch.matmul(probs, value).permute(0, 2, 1, 3).contiguous()
-
-    conv = conv.reshape(batch, length, heads, head_size).to(context.dtype)
-    context = torch.cat([context, conv], 2)
-    return context.view(batch, length, -1), probs
-
-
 def _compute(module, hidden_states, attention_mask, head_mask, encoder_hidden_states, backend):
-    mixed_query = module.query(hidden_states)
-    conv = _conv_branch(module, hidden_states, mixed_query, backend)
-    return _attention_and_concat(
-        module, hidden_states, mixed_query, attention_mask, head_mask, encoder_hidden_states, conv
+    """transformers' ConvBertSelfAttention arithmetic on its own layers: (context [B, L, 2A], probs)."""
+    query = module.query(hidden_states)
+    # transformers' SeparableConv1D takes [B, Hd, L]
+    key_conv = module.key_conv_attn_layer(hidden_states.transpose(1, 2)).transpose(1, 2)
+    conv = conv_branch(query, key_conv, module.conv_out_layer(hidden_states), module.conv_kernel_layer,
+                       module.num_attention_heads, backend=backend)
+    source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
+    context, probs = attention_branch(
+        query, module.key(source), module.value(source), module.num_attention_heads,
+        attention_mask=attention_mask, dropout=module.dropout, head_mask=head_mask, need_probs=True,
     )
+    return mix_heads(context, conv), probs
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,28 +107,11 @@ def _make_forward(original, backend: str):
             context, probs = _compute(self, hidden_states, attention_mask, head_mask, encoder_hidden_states, backend)
             return (context, probs) if output_attentions else (context,)
 
-    else:  # an unforeseen signature: bind against the original's
-        signature = inspect.signature(original)
-        returns_tuple_always = "output_attentions" not in signature.parameters
-
-        def forward(self, *args, **kwargs):
-            bound = signature.bind(self, *args, **kwargs)
-            bound.apply_defaults()
-            arguments = dict(bound.arguments)
-            for p in signature.parameters.values():  # fold a **kwargs catch-all into the rest
-                if p.kind is p.VAR_KEYWORD:
-                    arguments.update(arguments.pop(p.name, {}) or {})
-            context, probs = _compute(
-                self,
-                arguments["hidden_states"],
-                arguments.get("attention_mask"),
-                arguments.get("head_mask"),
-                arguments.get("encoder_hidden_states"),
-                backend,
-            )
-            if returns_tuple_always or arguments.get("output_attentions"):
-                return context, probs
-            return (context,)
+    else:
+        raise TypeError(
+            f"convbert_kernels.patch_transformers supports ConvBertSelfAttention.forward{_SIG_V5} (transformers "
+            f"5.x) and {_SIG_V4} (4.40 and later), not {names}: this transformers version is not supported"
+        )
 
     forward.__name__ = "forward"
     forward.__qualname__ = "ConvBertSelfAttention.forward"
