@@ -5,67 +5,54 @@ The behaviour is token-for-token that of the original BERT/ConvBERT tokenizer (a
 normalisation, optional lower-casing and accent stripping, punctuation splitting, then
 longest-match-first WordPiece with ``##`` continuation pieces and ``[UNK]`` for words longer than
 100 characters or that cannot be pieced together.
+
+Basic tokenization stays in Python: ``tokenizers``' BERT normalizer and pre-tokenizer differ from it on
+some inputs (their own Unicode tables and CJK ranges, no NFC, no final-sigma lower-casing, no
+``never_split``). The WordPiece step is ``tokenizers``' WordPiece model.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import re
 import unicodedata
 from typing import Iterable
 
-from .tokenization_base import (
-    VOCAB_FILE,
-    ConvBertTokenizerBase,
-    VocabularyError,
-    load_vocab,
-    read_vocab_lines,
-    vocab_from_lines,
-    write_vocab_file,
-)
+from tokenizers.models import WordPiece
+
+from .tokenization_base import ConvBertTokenizerBase, VocabularyError, load_vocab, read_vocab_lines, vocab_from_lines
 
 __all__ = ["ConvBertTokenizer", "BasicTokenizer", "WordpieceTokenizer", "load_vocab", "VocabularyError"]
 
 
-# ---------------------------------------------------------------------- character classes (BERT definitions)
 def _is_whitespace(char: str) -> bool:
     """Space, tab, newline, carriage return, or any Unicode space separator (Zs)."""
-    if char in " \t\n\r":
-        return True
-    return unicodedata.category(char) == "Zs"
+    return char in " \t\n\r" or unicodedata.category(char) == "Zs"
 
 
 def _is_control(char: str) -> bool:
     """Unicode "C*" categories (control, format, unassigned, private use), except tab/newline/CR."""
-    if char in "\t\n\r":
-        return False
-    return unicodedata.category(char).startswith("C")
+    return char not in "\t\n\r" and unicodedata.category(char).startswith("C")
 
 
 def _is_punctuation(char: str) -> bool:
     """All non-alphanumeric printable ASCII, plus Unicode "P*" categories."""
     cp = ord(char)
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    return unicodedata.category(char).startswith("P")
+    ascii_punctuation = 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126
+    return ascii_punctuation or unicodedata.category(char).startswith("P")
 
 
-_CJK_RANGES = (
-    (0x4E00, 0x9FFF),
-    (0x3400, 0x4DBF),
-    (0x20000, 0x2A6DF),
-    (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F),
-    (0x2B820, 0x2CEAF),
-    (0xF900, 0xFAFF),
-    (0x2F800, 0x2FA1F),
+# The CJK Unified Ideographs blocks BERT isolates.
+_CJK_CHAR = re.compile(
+    "([\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002b73f\U0002b740-\U0002b81f"
+    "\U0002b820-\U0002ceaf\uf900-\ufaff\U0002f800-\U0002fa1f])"
 )
 
 
-def _is_chinese_char(cp: int) -> bool:
-    """Whether a code point is in one of the CJK Unified Ideographs blocks BERT isolates."""
-    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+def _strip_accents(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
 
 
 class BasicTokenizer:
@@ -79,14 +66,8 @@ class BasicTokenizer:
         do_split_on_punc: split on punctuation.
     """
 
-    def __init__(
-        self,
-        do_lower_case: bool = True,
-        never_split: Iterable[str] | None = None,
-        tokenize_chinese_chars: bool = True,
-        strip_accents: bool | None = None,
-        do_split_on_punc: bool = True,
-    ):
+    def __init__(self, do_lower_case: bool = True, never_split: Iterable[str] | None = None,
+                 tokenize_chinese_chars: bool = True, strip_accents: bool | None = None, do_split_on_punc: bool = True):
         self.do_lower_case = do_lower_case
         self.never_split = set(never_split or ())
         self.tokenize_chinese_chars = tokenize_chinese_chars
@@ -96,9 +77,9 @@ class BasicTokenizer:
     def tokenize(self, text: str, never_split: Iterable[str] | None = None) -> list[str]:
         """Split ``text`` into words and punctuation marks."""
         protected = self.never_split.union(never_split) if never_split else self.never_split
-        text = self._clean_text(text)
+        text = "".join(" " if _is_whitespace(c) else c for c in text if not (c in "\x00\ufffd" or _is_control(c)))
         if self.tokenize_chinese_chars:
-            text = self._tokenize_chinese_chars(text)
+            text = _CJK_CHAR.sub(r" \1 ", text)
         # One code point sequence per character, so composed and decomposed input agree.
         text = unicodedata.normalize("NFC", text)
         pieces: list[str] = []
@@ -107,51 +88,28 @@ class BasicTokenizer:
                 if self.do_lower_case:
                     word = word.lower()
                     if self.strip_accents is not False:
-                        word = self._strip_accents(word)
+                        word = _strip_accents(word)
                 elif self.strip_accents:
-                    word = self._strip_accents(word)
-            pieces.extend(self._split_on_punc(word, protected))
+                    word = _strip_accents(word)
+            if not self.do_split_on_punc or word in protected:
+                pieces.append(word)
+            else:  # each punctuation mark alone, the runs between them whole
+                for is_punc, run in itertools.groupby(word, _is_punctuation):
+                    if is_punc:
+                        pieces.extend(run)
+                    else:
+                        pieces.append("".join(run))
         # Lower-casing or accent stripping can leave empty or space-containing pieces; re-split.
         return " ".join(pieces).split()
 
-    @staticmethod
-    def _strip_accents(text: str) -> str:
-        return "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
 
-    def _split_on_punc(self, word: str, protected) -> list[str]:
-        if not self.do_split_on_punc or word in protected:
-            return [word]
-        out: list[str] = []
-        current: list[str] = []
-        for char in word:
-            if _is_punctuation(char):
-                if current:
-                    out.append("".join(current))
-                    current = []
-                out.append(char)
-            else:
-                current.append(char)
-        if current:
-            out.append("".join(current))
-        return out
-
-    @staticmethod
-    def _tokenize_chinese_chars(text: str) -> str:
-        return "".join(f" {c} " if _is_chinese_char(ord(c)) else c for c in text)
-
-    @staticmethod
-    def _clean_text(text: str) -> str:
-        out = []
-        for char in text:
-            cp = ord(char)
-            if cp == 0 or cp == 0xFFFD or _is_control(char):
-                continue
-            out.append(" " if _is_whitespace(char) else char)
-        return "".join(out)
+# tokenizers' WordPiece needs its unknown token in the vocabulary, which ours may lack. "\n" stands in for it:
+# no word split on whitespace contains it, so it can never match a piece.
+_UNK_STAND_IN = "\n"
 
 
 class WordpieceTokenizer:
-    """Greedy longest-match-first WordPiece.
+    """Greedy longest-match-first WordPiece (``tokenizers``' WordPiece model).
 
     Args:
         vocab: ``{token: id}``.
@@ -165,38 +123,18 @@ class WordpieceTokenizer:
         self.unk_token = unk_token
         self.max_input_chars_per_word = max_input_chars_per_word
         self.prefix = prefix
-        # Longest vocabulary entry, to bound the search (does not change the result).
-        self._max_piece = max((len(t) for t in vocab), default=0)
+        self._model = WordPiece({**vocab, _UNK_STAND_IN: 0}, unk_token=_UNK_STAND_IN,
+                                max_input_chars_per_word=max_input_chars_per_word, continuing_subword_prefix=prefix)
 
     def tokenize(self, text: str) -> list[str]:
         """Split whitespace-separated words of ``text`` into WordPiece tokens."""
         output: list[str] = []
-        vocab, prefix = self.vocab, self.prefix
         for word in text.split():
-            n = len(word)
-            if n > self.max_input_chars_per_word:
-                output.append(self.unk_token)
-                continue
-            pieces = []
-            start = 0
-            while start < n:
-                end = min(n, start + self._max_piece)
-                piece = None
-                while start < end:
-                    candidate = word[start:end] if start == 0 else prefix + word[start:end]
-                    if candidate in vocab:
-                        piece = candidate
-                        break
-                    end -= 1
-                if piece is None:
-                    pieces = None
-                    break
-                pieces.append(piece)
-                start = end
-            if pieces is None:
-                output.append(self.unk_token)
-            else:
-                output.extend(pieces)
+            try:
+                pieces = [t.value for t in self._model.tokenize(word)]
+            except UnicodeEncodeError:  # a lone surrogate, which no UTF-8 vocabulary holds
+                pieces = [_UNK_STAND_IN]
+            output.extend(self.unk_token if p == _UNK_STAND_IN else p for p in pieces)
         return output
 
 
@@ -216,24 +154,12 @@ class ConvBertTokenizer(ConvBertTokenizerBase):
         clean_up_tokenization_spaces (`bool`, defaults to `True`): clean up spaces in :meth:`decode`.
     """
 
-    vocab_files_names = {"vocab_file": VOCAB_FILE}
-    is_fast = False
+    _config_attrs = ("do_lower_case", "do_basic_tokenize", "never_split", "tokenize_chinese_chars", "strip_accents")
 
-    def __init__(
-        self,
-        vocab_file,
-        do_lower_case: bool = True,
-        do_basic_tokenize: bool = True,
-        never_split: Iterable[str] | None = None,
-        unk_token: str = "[UNK]",
-        sep_token: str = "[SEP]",
-        pad_token: str = "[PAD]",
-        cls_token: str = "[CLS]",
-        mask_token: str = "[MASK]",
-        tokenize_chinese_chars: bool = True,
-        strip_accents: bool | None = None,
-        **kwargs,
-    ):
+    def __init__(self, vocab_file, do_lower_case: bool = True, do_basic_tokenize: bool = True,
+                 never_split: Iterable[str] | None = None, unk_token: str = "[UNK]", sep_token: str = "[SEP]",
+                 pad_token: str = "[PAD]", cls_token: str = "[CLS]", mask_token: str = "[MASK]",
+                 tokenize_chinese_chars: bool = True, strip_accents: bool | None = None, **kwargs):
         if vocab_file is None:
             raise VocabularyError("ConvBertTokenizer needs a `vocab_file` (a WordPiece vocab.txt).")
         self.vocab_file = os.fspath(vocab_file)
@@ -246,34 +172,23 @@ class ConvBertTokenizer(ConvBertTokenizerBase):
         self.tokenize_chinese_chars = tokenize_chinese_chars
         self.strip_accents = strip_accents
         self.basic_tokenizer = (
-            BasicTokenizer(
-                do_lower_case=do_lower_case,
-                never_split=never_split,
-                tokenize_chinese_chars=tokenize_chinese_chars,
-                strip_accents=strip_accents,
-            )
+            BasicTokenizer(do_lower_case=do_lower_case, never_split=never_split,
+                           tokenize_chinese_chars=tokenize_chinese_chars, strip_accents=strip_accents)
             if do_basic_tokenize
             else None
         )
-        super().__init__(
-            unk_token=unk_token,
-            sep_token=sep_token,
-            pad_token=pad_token,
-            cls_token=cls_token,
-            mask_token=mask_token,
-            **kwargs,
-        )
+        super().__init__(unk_token=unk_token, sep_token=sep_token, pad_token=pad_token, cls_token=cls_token,
+                         mask_token=mask_token, **kwargs)
         self.wordpiece_tokenizer = WordpieceTokenizer(self.vocab, unk_token=self.unk_token)
         # Special tokens missing from the vocabulary get the next free ids (as in the reference).
         self._added_tokens: dict[str, int] = {}
         for tok in self.all_special_tokens:
-            if tok not in self.vocab and tok not in self._added_tokens:
+            if tok not in self.vocab:
                 self._added_tokens[tok] = len(self.vocab) + len(self._added_tokens)
         self._added_ids = {i: t for t, i in self._added_tokens.items()}
         specials = sorted(self.all_special_tokens, key=len, reverse=True)
-        self._special_re = re.compile("(" + "|".join(re.escape(t) for t in specials) + ")") if specials else None
+        self._special_re = re.compile("(" + "|".join(re.escape(t) for t in specials) + ")")
 
-    # ------------------------------------------------------------------ vocabulary
     @property
     def vocab_size(self) -> int:
         """Number of distinct tokens in ``vocab.txt``."""
@@ -296,7 +211,6 @@ class ConvBertTokenizer(ConvBertTokenizerBase):
             return self._added_ids[index]
         return self.ids_to_tokens.get(index, self.unk_token)
 
-    # ------------------------------------------------------------------ tokenization
     def tokenize(self, text: str, **kwargs) -> list[str]:
         """Split ``text`` into WordPiece tokens; special tokens written in the text ("[MASK]") are kept whole.
 
@@ -305,15 +219,9 @@ class ConvBertTokenizer(ConvBertTokenizerBase):
         if not isinstance(text, str):
             raise TypeError(f"tokenize() expects a string, got {type(text).__name__}")
         specials = set(self.all_special_tokens)
-        chunks = self._special_re.split(text) if self._special_re is not None else [text]
         out: list[str] = []
-        for chunk in chunks:
-            if not chunk:
-                continue
-            if chunk in specials:
-                out.append(chunk)
-            else:
-                out.extend(self._tokenize(chunk))
+        for chunk in filter(None, self._special_re.split(text)):
+            out.extend([chunk] if chunk in specials else self._tokenize(chunk))
         return out
 
     def _tokenize(self, text: str) -> list[str]:
@@ -332,41 +240,28 @@ class ConvBertTokenizer(ConvBertTokenizerBase):
         """Join tokens into text, gluing ``##`` continuation pieces to the previous token."""
         return " ".join(tokens).replace(" ##", "").strip()
 
-    # ------------------------------------------------------------------ encoding
     def _truncate(self, ids, pair_ids, num_to_remove, strategy):
-        if num_to_remove <= 0:
-            return ids, pair_ids
+        """Drop ``num_to_remove`` ids the way ``transformers``' Python tokenizers do."""
         right = self.truncation_side == "right"
+
+        def drop(seq, n):
+            return (seq[:-n] if right else seq[n:]) if n > 0 else seq
+
         if strategy == "only_first" or (strategy == "longest_first" and pair_ids is None):
-            ids = ids[:-num_to_remove] if right else ids[num_to_remove:]
-        elif strategy == "longest_first":
-            len_ids, len_pair = len(ids), len(pair_ids)
-            first = min(abs(len_pair - len_ids), num_to_remove)
+            return drop(ids, num_to_remove), pair_ids
+        if strategy == "longest_first":
+            # One at a time from the longer sequence, from the second one on a tie.
+            first = min(abs(len(pair_ids) - len(ids)), num_to_remove)
             second = num_to_remove - first
-            if len_ids > len_pair:
-                cut_ids, cut_pair = first + second // 2, second - second // 2
-            else:
-                cut_ids, cut_pair = second // 2, first + second - second // 2
-            if right:
-                ids = ids[:-cut_ids] if cut_ids > 0 else ids
-                pair_ids = pair_ids[:-cut_pair] if cut_pair > 0 else pair_ids
-            else:
-                ids, pair_ids = ids[cut_ids:], pair_ids[cut_pair:]
-        elif strategy == "only_second" and pair_ids:
-            pair_ids = pair_ids[:-num_to_remove] if right else pair_ids[num_to_remove:]
+            if len(ids) > len(pair_ids):
+                return drop(ids, first + second // 2), drop(pair_ids, second - second // 2)
+            return drop(ids, second // 2), drop(pair_ids, first + second - second // 2)
+        if strategy == "only_second" and pair_ids:
+            return ids, drop(pair_ids, num_to_remove)
         return ids, pair_ids
 
-    def _encode_batch(
-        self,
-        pairs,
-        add_special_tokens,
-        padding_strategy,
-        truncation_strategy,
-        max_length,
-        pad_to_multiple_of,
-        padding_side,
-        return_special_tokens_mask,
-    ):
+    def _encode_batch(self, pairs, add_special_tokens, padding_strategy, truncation_strategy, max_length,
+                      pad_to_multiple_of, padding_side, return_special_tokens_mask):
         batch = {"input_ids": [], "token_type_ids": [], "attention_mask": []}
         if return_special_tokens_mask:
             batch["special_tokens_mask"] = []
@@ -384,40 +279,10 @@ class ConvBertTokenizer(ConvBertTokenizerBase):
                 special = self.get_special_tokens_mask(ids, pair_ids)
             else:
                 seq = ids + (pair_ids or [])
-                types = [0] * len(seq)
-                special = [0] * len(seq)
+                types, special = [0] * len(seq), [0] * len(seq)
             batch["input_ids"].append(seq)
             batch["token_type_ids"].append(types)
             batch["attention_mask"].append([1] * len(seq))
             if return_special_tokens_mask:
                 batch["special_tokens_mask"].append(special)
         return self._pad_batch(batch, padding_strategy, max_length, pad_to_multiple_of, padding_side, True)
-
-    # ------------------------------------------------------------------ serialisation
-    def _config_dict(self):
-        cfg = super()._config_dict()
-        cfg.update(
-            do_lower_case=self.do_lower_case,
-            do_basic_tokenize=self.do_basic_tokenize,
-            never_split=self.never_split,
-            tokenize_chinese_chars=self.tokenize_chinese_chars,
-            strip_accents=self.strip_accents,
-        )
-        return cfg
-
-    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
-        """Write ``vocab.txt`` (LF line endings, one token per id) into ``save_directory``.
-
-        The lines of the loaded file are written back in order (duplicates included), so the saved
-        file reloads to exactly the same ``{token: id}`` mapping.
-
-        Returns:
-            ``(path_of_vocab_txt,)``.
-        """
-        save_directory = os.fspath(save_directory)
-        prefix = (filename_prefix + "-") if filename_prefix else ""
-        if os.path.isdir(save_directory):
-            path = os.path.join(save_directory, prefix + VOCAB_FILE)
-        else:
-            path = prefix + save_directory
-        return (write_vocab_file(self._vocab_lines, path),)

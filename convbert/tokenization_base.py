@@ -1,14 +1,13 @@
 """Shared machinery of the ConvBERT tokenizers.
 
 :class:`ConvBertTokenizerBase` holds everything that does not depend on *how* text is split into
-WordPiece tokens: special tokens, the ``__call__`` / ``encode`` / ``decode`` API, padding and
-truncation strategies, tensor conversion and the Hugging Face directory layout used by
+WordPiece tokens: special tokens, ``__call__`` / ``encode`` / ``pad`` / ``decode``, padding and
+truncation strategies, tensor conversion, and the Hugging Face directory layout of
 ``save_pretrained`` / ``from_pretrained``. The pure-Python :class:`~convbert.ConvBertTokenizer` and
 the ``tokenizers``-backed :class:`~convbert.ConvBertTokenizerFast` subclass it.
 
-The conventions (argument names, defaults, strategy semantics) follow Hugging Face ``transformers``
-so that code written for ``transformers`` tokenizers works unchanged; ``transformers`` itself is
-not needed at runtime.
+Argument names, defaults and strategy semantics follow Hugging Face ``transformers``, so code written
+for its tokenizers works unchanged; ``transformers`` itself is not needed at runtime.
 """
 
 from __future__ import annotations
@@ -28,9 +27,12 @@ VERY_LARGE_INTEGER = int(1e30)
 LARGE_INTEGER = int(1e20)
 
 SPECIAL_TOKEN_NAMES = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-
 PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
+
+# tokenizer_config.json keys that are not kept as extra options: derived on save, or paths of files.
+_IGNORED_CONFIG_KEYS = {"tokenizer_class", "added_tokens_decoder", "auto_map", "name_or_path", "vocab_file",
+                        "tokenizer_file", "special_tokens_map_file", "backend"}
 
 
 class VocabularyError(ValueError):
@@ -40,8 +42,7 @@ class VocabularyError(ValueError):
 def read_vocab_lines(vocab_file: str | os.PathLike) -> list[str]:
     """Read the tokens of a WordPiece ``vocab.txt``, one per line, in file order (duplicates kept).
 
-    Lines are split the way Python's text mode splits them (``\\n``, ``\\r\\n`` and ``\\r`` all end a
-    line), so CRLF files load like LF files.
+    ``\\n``, ``\\r\\n`` and ``\\r`` all end a line (Python's text mode), so CRLF files load like LF files.
 
     Raises:
         VocabularyError: if the file does not exist, is not a file, or holds no token.
@@ -53,7 +54,7 @@ def read_vocab_lines(vocab_file: str | os.PathLike) -> list[str]:
             "(one token per line), or load a saved tokenizer directory with `from_pretrained`."
         )
     with open(path, "r", encoding="utf-8") as reader:
-        lines = [line.rstrip("\n") for line in reader.readlines()]
+        lines = [line.rstrip("\n") for line in reader]
     if not any(lines):
         raise VocabularyError(f"The vocabulary file {path!r} is empty: it must hold one token per line.")
     return lines
@@ -71,10 +72,7 @@ def load_vocab(vocab_file: str | os.PathLike) -> "collections.OrderedDict[str, i
 
 def vocab_from_lines(lines: list[str]) -> "collections.OrderedDict[str, int]":
     """``{token: line number}`` with the last line of a repeated token winning."""
-    vocab: collections.OrderedDict[str, int] = collections.OrderedDict()
-    for index, token in enumerate(lines):
-        vocab[token] = index
-    return vocab
+    return collections.OrderedDict((token, index) for index, token in enumerate(lines))
 
 
 def write_vocab_file(lines: list[str], path: str) -> str:
@@ -83,8 +81,7 @@ def write_vocab_file(lines: list[str], path: str) -> str:
         if "\n" in tok or "\r" in tok:
             raise VocabularyError(f"Token {tok!r} contains a line break and cannot be written to vocab.txt")
     with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for tok in lines:
-            f.write(tok + "\n")
+        f.write("".join(tok + "\n" for tok in lines))
     return path
 
 
@@ -92,13 +89,11 @@ def vocab_lines_from_dict(vocab: dict[str, int]) -> list[str]:
     """Lines of a ``vocab.txt`` that reloads to exactly ``vocab`` (holes left by duplicates are filled
     with a copy of a token that owns a later id, which the later line overrides on reload)."""
     by_id = {i: t for t, i in vocab.items()}
-    size = max(by_id) + 1 if by_id else 0
     lines = []
-    for i in range(size):
-        j = i
-        while j not in by_id:
-            j += 1
-        lines.append(by_id[j])
+    for i in range(max(by_id) + 1 if by_id else 0):
+        while i not in by_id:
+            i += 1
+        lines.append(by_id[i])
     return lines
 
 
@@ -128,15 +123,11 @@ class BatchEncoding(dict):
         if tensor_type == "pt":
             import torch
 
-            def as_tensor(value):
-                return torch.tensor(value, dtype=torch.long)
-
+            as_tensor = lambda value: torch.tensor(value, dtype=torch.long)  # noqa: E731
         elif tensor_type == "np":
             import numpy as np
 
-            def as_tensor(value):
-                return np.asarray(value, dtype=np.int64)
-
+            as_tensor = lambda value: np.asarray(value, dtype=np.int64)  # noqa: E731
         else:
             raise ValueError(f"Unsupported return_tensors={tensor_type!r}: use None, 'pt' or 'np'.")
         for key, value in list(self.items()):
@@ -160,16 +151,56 @@ class BatchEncoding(dict):
         return self
 
 
-def _is_text(x: Any) -> bool:
-    return isinstance(x, str)
+def _check_side(name: str, side: str) -> str:
+    if side not in ("right", "left"):
+        raise ValueError(f"{name} must be 'right' or 'left', got {side!r}")
+    return side
+
+
+def _strategy(value, on_true: str, on_false: str, allowed: tuple[str, ...], name: str) -> str:
+    """``True`` / ``False`` / ``None`` / a strategy name (or an enum of one) -> the strategy name."""
+    if value is True:
+        return on_true
+    if value is False or value is None:
+        return on_false
+    strategy = str(getattr(value, "value", value))
+    if strategy not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of False, True, {allowed}")
+    return strategy
+
+
+def _as_pair(item) -> tuple:
+    """A batch element: a text, or a ``(text,)`` / ``(text, text_pair)`` tuple of strings."""
+    if not isinstance(item, (list, tuple)):
+        return item, None
+    if len(item) in (1, 2) and all(isinstance(x, str) for x in item):
+        return item[0], (item[1] if len(item) == 2 else None)
+    raise ValueError(f"Each element of a batch must be a string or a (text, text_pair) tuple of strings; got {item!r}.")
+
+
+def _special_id(name: str) -> property:
+    return property(lambda self: self.convert_tokens_to_ids(getattr(self, name)), doc=f"Id of ``{name}``.")
+
+
+def _read_json(path: str) -> Any:
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_json(obj: Any, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
+        f.write("\n")
 
 
 class ConvBertTokenizerBase:
     """Common API of :class:`~convbert.ConvBertTokenizer` and :class:`~convbert.ConvBertTokenizerFast`.
 
     Subclasses implement ``tokenize``, ``_convert_token_to_id``, ``_convert_id_to_token``,
-    ``convert_tokens_to_string``, ``get_vocab``, ``vocab_size``, ``save_vocabulary`` and
-    ``_encode_batch``.
+    ``convert_tokens_to_string``, ``get_vocab``, ``vocab_size`` and ``_encode_batch``, set
+    ``_vocab_lines`` (the lines :meth:`save_vocabulary` writes) and list their options in ``_config_attrs``.
     """
 
     vocab_files_names = {"vocab_file": VOCAB_FILE}
@@ -178,50 +209,30 @@ class ConvBertTokenizerBase:
     truncation_side = "right"
     pad_token_type_id = 0
     is_fast = False
+    _config_attrs: tuple[str, ...] = ()
 
-    def __init__(
-        self,
-        unk_token: str = "[UNK]",
-        sep_token: str = "[SEP]",
-        pad_token: str = "[PAD]",
-        cls_token: str = "[CLS]",
-        mask_token: str = "[MASK]",
-        model_max_length: int | None = None,
-        padding_side: str = "right",
-        truncation_side: str = "right",
-        clean_up_tokenization_spaces: bool = True,
-        name_or_path: str = "",
-        **kwargs,
-    ):
-        self.unk_token = str(unk_token)
-        self.sep_token = str(sep_token)
-        self.pad_token = str(pad_token)
-        self.cls_token = str(cls_token)
-        self.mask_token = str(mask_token)
+    def __init__(self, unk_token: str = "[UNK]", sep_token: str = "[SEP]", pad_token: str = "[PAD]",
+                 cls_token: str = "[CLS]", mask_token: str = "[MASK]", model_max_length: int | None = None,
+                 padding_side: str = "right", truncation_side: str = "right",
+                 clean_up_tokenization_spaces: bool = True, name_or_path: str = "", **kwargs):
+        for name, token in zip(SPECIAL_TOKEN_NAMES, (unk_token, sep_token, pad_token, cls_token, mask_token)):
+            setattr(self, name, str(token))
         self.model_max_length = int(model_max_length) if model_max_length is not None else VERY_LARGE_INTEGER
-        if padding_side not in ("right", "left"):
-            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-        if truncation_side not in ("right", "left"):
-            raise ValueError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
-        self.padding_side = padding_side
-        self.truncation_side = truncation_side
+        self.padding_side = _check_side("padding_side", padding_side)
+        self.truncation_side = _check_side("truncation_side", truncation_side)
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         self.name_or_path = name_or_path
         # Keys of tokenizer_config.json that we do not interpret are kept so they survive a save/load.
         self._extra_config = {
-            k: v for k, v in kwargs.items() if k not in _IGNORED_CONFIG_KEYS and _is_json_scalar(v)
+            k: v for k, v in kwargs.items()
+            if k not in _IGNORED_CONFIG_KEYS and (v is None or isinstance(v, (bool, int, float, str)))
         }
 
-    # ------------------------------------------------------------------ special tokens
+    # ------------------------------------------------------------------ special tokens and vocabulary
     @property
     def all_special_tokens(self) -> list[str]:
         """The special tokens, in the order [UNK], [SEP], [PAD], [CLS], [MASK] (duplicates removed)."""
-        out: list[str] = []
-        for name in SPECIAL_TOKEN_NAMES:
-            tok = getattr(self, name)
-            if tok is not None and tok not in out:
-                out.append(tok)
-        return out
+        return list(dict.fromkeys(t for t in (getattr(self, n) for n in SPECIAL_TOKEN_NAMES) if t is not None))
 
     @property
     def all_special_ids(self) -> list[int]:
@@ -233,49 +244,15 @@ class ConvBertTokenizerBase:
         """``{"unk_token": "[UNK]", ...}``, as written to ``special_tokens_map.json``."""
         return {name: getattr(self, name) for name in SPECIAL_TOKEN_NAMES if getattr(self, name) is not None}
 
-    @property
-    def unk_token_id(self) -> int:
-        return self.convert_tokens_to_ids(self.unk_token)
-
-    @property
-    def sep_token_id(self) -> int:
-        return self.convert_tokens_to_ids(self.sep_token)
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.convert_tokens_to_ids(self.pad_token)
-
-    @property
-    def cls_token_id(self) -> int:
-        return self.convert_tokens_to_ids(self.cls_token)
-
-    @property
-    def mask_token_id(self) -> int:
-        return self.convert_tokens_to_ids(self.mask_token)
-
-    # ------------------------------------------------------------------ vocabulary
-    @property
-    def vocab_size(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def get_vocab(self) -> dict[str, int]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    unk_token_id = _special_id("unk_token")
+    sep_token_id = _special_id("sep_token")
+    pad_token_id = _special_id("pad_token")
+    cls_token_id = _special_id("cls_token")
+    mask_token_id = _special_id("mask_token")
 
     def __len__(self) -> int:
         """Number of distinct tokens (vocabulary plus special tokens that were missing from it)."""
         return len(self.get_vocab())
-
-    def tokenize(self, text: str, **kwargs) -> list[str]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _convert_token_to_id(self, token: str) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _convert_id_to_token(self, index: int) -> str | None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def convert_tokens_to_string(self, tokens: list[str]) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
 
     def convert_tokens_to_ids(self, tokens: str | Iterable[str]) -> int | list[int]:
         """Map a token (or a list of tokens) to its id; unknown tokens map to ``unk_token_id``."""
@@ -304,34 +281,18 @@ class ConvBertTokenizerBase:
         """How many special tokens :meth:`build_inputs_with_special_tokens` adds (2 for one text, 3 for a pair)."""
         return 3 if pair else 2
 
-    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
-        """Add the special tokens: ``[CLS] A [SEP]`` for one sequence, ``[CLS] A [SEP] B [SEP]`` for a pair.
+    def build_inputs_with_special_tokens(self, token_ids_0: list[int],
+                                         token_ids_1: list[int] | None = None) -> list[int]:
+        """Add the special tokens: ``[CLS] A [SEP]`` for one sequence, ``[CLS] A [SEP] B [SEP]`` for a pair."""
+        first = [self.cls_token_id] + list(token_ids_0) + [self.sep_token_id]
+        return first if token_ids_1 is None else first + list(token_ids_1) + [self.sep_token_id]
 
-        Args:
-            token_ids_0: ids of the first sequence.
-            token_ids_1: ids of the optional second sequence.
-
-        Returns:
-            The list of input ids with special tokens.
-        """
-        cls, sep = [self.cls_token_id], [self.sep_token_id]
-        if token_ids_1 is None:
-            return cls + list(token_ids_0) + sep
-        return cls + list(token_ids_0) + sep + list(token_ids_1) + sep
-
-    def get_special_tokens_mask(
-        self,
-        token_ids_0: list[int],
-        token_ids_1: list[int] | None = None,
-        already_has_special_tokens: bool = False,
-    ) -> list[int]:
+    def get_special_tokens_mask(self, token_ids_0: list[int], token_ids_1: list[int] | None = None,
+                                already_has_special_tokens: bool = False) -> list[int]:
         """Mask with 1 for special tokens and 0 for sequence tokens.
 
-        Args:
-            token_ids_0: ids of the first sequence.
-            token_ids_1: ids of the optional second sequence.
-            already_has_special_tokens: the ids already contain special tokens; the mask then marks every
-                id that belongs to a special token.
+        With ``already_has_special_tokens`` the ids already contain special tokens, and the mask marks
+        every id that belongs to a special token.
         """
         if already_has_special_tokens:
             if token_ids_1 is not None:
@@ -341,62 +302,36 @@ class ConvBertTokenizerBase:
                 )
             special = set(self.all_special_ids)
             return [1 if int(i) in special else 0 for i in token_ids_0]
-        if token_ids_1 is None:
-            return [1] + [0] * len(token_ids_0) + [1]
-        return [1] + [0] * len(token_ids_0) + [1] + [0] * len(token_ids_1) + [1]
+        first = [1] + [0] * len(token_ids_0) + [1]
+        return first if token_ids_1 is None else first + [0] * len(token_ids_1) + [1]
 
-    def create_token_type_ids_from_sequences(
-        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
-    ) -> list[int]:
-        """Segment ids: 0 for ``[CLS] A [SEP]`` and 1 for ``B [SEP]``.
-
-        Args:
-            token_ids_0: ids of the first sequence.
-            token_ids_1: ids of the optional second sequence.
-        """
+    def create_token_type_ids_from_sequences(self, token_ids_0: list[int],
+                                             token_ids_1: list[int] | None = None) -> list[int]:
+        """Segment ids: 0 for ``[CLS] A [SEP]`` and 1 for ``B [SEP]``."""
         first = [0] * (len(token_ids_0) + 2)
-        if token_ids_1 is None:
-            return first
-        return first + [1] * (len(token_ids_1) + 1)
+        return first if token_ids_1 is None else first + [1] * (len(token_ids_1) + 1)
 
-    # ------------------------------------------------------------------ strategies
-    def _get_padding_truncation_strategies(self, padding=False, truncation=None, max_length=None, pad_to_multiple_of=None):
+    # ------------------------------------------------------------------ encoding
+    def _get_padding_truncation_strategies(self, padding=False, truncation=None, max_length=None,
+                                           pad_to_multiple_of=None):
         """Resolve the user's ``padding`` / ``truncation`` / ``max_length`` like ``transformers`` does."""
         if max_length is not None and padding is False and truncation is None:
             truncation = "longest_first"  # max_length alone activates truncation
-
-        if padding is True:
-            padding_strategy = "longest"
-        elif padding is False or padding is None:
-            padding_strategy = "do_not_pad"
-        else:
-            padding_strategy = str(getattr(padding, "value", padding))
-            if padding_strategy not in PADDING_STRATEGIES:
-                raise ValueError(f"padding={padding!r} is not one of False, True, {PADDING_STRATEGIES}")
-
-        if truncation is True:
-            truncation_strategy = "longest_first"
-        elif truncation is False or truncation is None:
-            truncation_strategy = "do_not_truncate"
-        else:
-            truncation_strategy = str(getattr(truncation, "value", truncation))
-            if truncation_strategy not in TRUNCATION_STRATEGIES:
-                raise ValueError(f"truncation={truncation!r} is not one of False, True, {TRUNCATION_STRATEGIES}")
-
+        padding_strategy = _strategy(padding, "longest", "do_not_pad", PADDING_STRATEGIES, "padding")
+        truncation_strategy = _strategy(truncation, "longest_first", "do_not_truncate", TRUNCATION_STRATEGIES,
+                                        "truncation")
         if max_length is None:
+            limited = self.model_max_length <= LARGE_INTEGER
             if padding_strategy == "max_length":
-                if self.model_max_length > LARGE_INTEGER:
+                if limited:
+                    max_length = self.model_max_length
+                else:
                     padding_strategy = "do_not_pad"
-                else:
-                    max_length = self.model_max_length
             if truncation_strategy != "do_not_truncate":
-                if self.model_max_length > LARGE_INTEGER:
-                    truncation_strategy = "do_not_truncate"
-                else:
+                if limited:
                     max_length = self.model_max_length
-
-        if padding_strategy != "do_not_pad" and (self.pad_token is None or self.pad_token_id is None or self.pad_token_id < 0):
-            raise ValueError("Asking to pad but the tokenizer has no padding token.")
+                else:
+                    truncation_strategy = "do_not_truncate"
         if (
             truncation_strategy != "do_not_truncate"
             and padding_strategy != "do_not_pad"
@@ -410,23 +345,13 @@ class ConvBertTokenizerBase:
             )
         return padding_strategy, truncation_strategy, max_length
 
-    # ------------------------------------------------------------------ main entry points
-    def __call__(
-        self,
-        text: str | Sequence[str] | Sequence[tuple[str, str]],
-        text_pair: str | Sequence[str] | None = None,
-        add_special_tokens: bool = True,
-        padding: bool | str = False,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        pad_to_multiple_of: int | None = None,
-        padding_side: str | None = None,
-        return_tensors: str | None = None,
-        return_token_type_ids: bool | None = None,
-        return_attention_mask: bool | None = None,
-        return_special_tokens_mask: bool = False,
-        return_length: bool = False,
-    ) -> BatchEncoding:
+    def __call__(self, text: str | Sequence[str] | Sequence[tuple[str, str]],
+                 text_pair: str | Sequence[str] | None = None, add_special_tokens: bool = True,
+                 padding: bool | str = False, truncation: bool | str | None = None, max_length: int | None = None,
+                 pad_to_multiple_of: int | None = None, padding_side: str | None = None,
+                 return_tensors: str | None = None, return_token_type_ids: bool | None = None,
+                 return_attention_mask: bool | None = None, return_special_tokens_mask: bool = False,
+                 return_length: bool = False) -> BatchEncoding:
         """Tokenize a text, a pair of texts, or a batch of either, into model inputs.
 
         Args:
@@ -455,110 +380,58 @@ class ConvBertTokenizerBase:
         padding_strategy, truncation_strategy, max_length = self._get_padding_truncation_strategies(
             padding, truncation, max_length, pad_to_multiple_of
         )
-        if padding_side is not None and padding_side not in ("right", "left"):
-            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        if padding_side is not None:
+            _check_side("padding_side", padding_side)
 
         is_batched = isinstance(text, (list, tuple))
-        if is_batched:
-            if isinstance(text_pair, str):
-                raise TypeError("When `text` is a batch, `text_pair` must be a list of the same length.")
-            if text_pair is not None:
-                if len(text_pair) != len(text):
-                    raise ValueError(
-                        f"Batch length of `text` ({len(text)}) does not match that of `text_pair` ({len(text_pair)})."
-                    )
-                pairs = [(a, b) for a, b in zip(text, text_pair)]
-            else:
-                pairs = []
-                for item in text:
-                    if isinstance(item, (list, tuple)):
-                        if len(item) == 2 and all(_is_text(x) for x in item):
-                            pairs.append((item[0], item[1]))
-                        elif len(item) == 1 and _is_text(item[0]):
-                            pairs.append((item[0], None))
-                        else:
-                            raise ValueError(
-                                "Each element of a batch must be a string or a (text, text_pair) tuple of strings; "
-                                f"got {item!r}."
-                            )
-                    else:
-                        pairs.append((item, None))
-        else:
+        if not is_batched:
             pairs = [(text, text_pair)]
+        elif isinstance(text_pair, str):
+            raise TypeError("When `text` is a batch, `text_pair` must be a list of the same length.")
+        elif text_pair is not None:
+            if len(text_pair) != len(text):
+                raise ValueError(
+                    f"Batch length of `text` ({len(text)}) does not match that of `text_pair` ({len(text_pair)})."
+                )
+            pairs = list(zip(text, text_pair))
+        else:
+            pairs = [_as_pair(item) for item in text]
         for a, b in pairs:
-            if not _is_text(a) or (b is not None and not _is_text(b)):
+            if not isinstance(a, str) or (b is not None and not isinstance(b, str)):
                 raise TypeError(f"Text inputs must be strings, got {type(a).__name__} and {type(b).__name__}.")
 
+        out = self._encode_batch(
+            pairs, add_special_tokens=add_special_tokens, padding_strategy=padding_strategy,
+            truncation_strategy=truncation_strategy, max_length=max_length, pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side or self.padding_side, return_special_tokens_mask=return_special_tokens_mask,
+        )
         if return_token_type_ids is None:
             return_token_type_ids = "token_type_ids" in self.model_input_names
         if return_attention_mask is None:
             return_attention_mask = "attention_mask" in self.model_input_names
-
-        out = self._encode_batch(
-            pairs,
-            add_special_tokens=add_special_tokens,
-            padding_strategy=padding_strategy,
-            truncation_strategy=truncation_strategy,
-            max_length=max_length,
-            pad_to_multiple_of=pad_to_multiple_of,
-            padding_side=padding_side or self.padding_side,
-            return_special_tokens_mask=return_special_tokens_mask,
-        )
-        keys = ["input_ids"]
-        if return_token_type_ids:
-            keys.append("token_type_ids")
-        if return_attention_mask:
-            keys.append("attention_mask")
-        if return_special_tokens_mask:
-            keys.append("special_tokens_mask")
-        result = {k: out[k] for k in keys}
+        wanted = {"input_ids": True, "token_type_ids": return_token_type_ids, "attention_mask": return_attention_mask,
+                  "special_tokens_mask": return_special_tokens_mask}
+        result = {k: out[k] for k, keep in wanted.items() if keep}
         if return_length:
             result["length"] = [len(ids) for ids in out["input_ids"]]
         if not is_batched:
             result = {k: v[0] for k, v in result.items()}
         return BatchEncoding(result).convert_to_tensors(return_tensors, prepend_batch_axis=not is_batched)
 
-    def _encode_batch(self, pairs, **kwargs) -> dict[str, list]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def encode(
-        self,
-        text: str,
-        text_pair: str | None = None,
-        add_special_tokens: bool = True,
-        padding: bool | str = False,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        return_tensors: str | None = None,
-        **kwargs,
-    ):
+    def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True,
+               padding: bool | str = False, truncation: bool | str | None = None, max_length: int | None = None,
+               return_tensors: str | None = None, **kwargs):
         """Encode one text (or one pair) into a list of ids; same arguments as :meth:`__call__`."""
         if not isinstance(text, str):
             raise TypeError(f"encode() takes one string (or one pair of strings), got {type(text).__name__}")
-        enc = self(
-            text,
-            text_pair=text_pair,
-            add_special_tokens=add_special_tokens,
-            padding=padding,
-            truncation=truncation,
-            max_length=max_length,
-            return_tensors=return_tensors,
-            return_token_type_ids=False,
-            return_attention_mask=False,
-            **kwargs,
-        )
+        enc = self(text, text_pair=text_pair, add_special_tokens=add_special_tokens, padding=padding,
+                   truncation=truncation, max_length=max_length, return_tensors=return_tensors,
+                   return_token_type_ids=False, return_attention_mask=False, **kwargs)
         return enc["input_ids"]
 
-    def pad(
-        self,
-        encoded_inputs,
-        padding: bool | str = True,
-        max_length: int | None = None,
-        pad_to_multiple_of: int | None = None,
-        padding_side: str | None = None,
-        return_attention_mask: bool | None = None,
-        return_tensors: str | None = None,
-    ) -> BatchEncoding:
+    def pad(self, encoded_inputs, padding: bool | str = True, max_length: int | None = None,
+            pad_to_multiple_of: int | None = None, padding_side: str | None = None,
+            return_attention_mask: bool | None = None, return_tensors: str | None = None) -> BatchEncoding:
         """Pad already-encoded inputs (a dict of lists of ids, or a list of such dicts, e.g. in a collate function).
 
         Args:
@@ -574,17 +447,19 @@ class ConvBertTokenizerBase:
             if not encoded_inputs:
                 return BatchEncoding({"input_ids": []})
             encoded_inputs = {k: [ex[k] for ex in encoded_inputs] for k in encoded_inputs[0].keys()}
-        batch = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in encoded_inputs.items()}
-        batch = {k: [x.tolist() if hasattr(x, "tolist") else x for x in v] if isinstance(v, list) else v for k, v in batch.items()}
+        as_list = lambda x: x.tolist() if hasattr(x, "tolist") else x  # noqa: E731
+        batch = {k: as_list(v) for k, v in encoded_inputs.items()}
+        batch = {k: [as_list(x) for x in v] if isinstance(v, list) else v for k, v in batch.items()}
         if "input_ids" not in batch:
             raise ValueError(f"pad() needs 'input_ids', got keys {list(batch)}")
         single = bool(batch["input_ids"]) and not isinstance(batch["input_ids"][0], list)
         if single:
             batch = {k: [v] for k, v in batch.items()}
-        padding_strategy, _, max_length = self._get_padding_truncation_strategies(padding, None, max_length, pad_to_multiple_of)
+        strategy, _, max_length = self._get_padding_truncation_strategies(padding, None, max_length, pad_to_multiple_of)
         if return_attention_mask is None:
             return_attention_mask = "attention_mask" in self.model_input_names
-        batch = self._pad_batch(batch, padding_strategy, max_length, pad_to_multiple_of, padding_side or self.padding_side, return_attention_mask)
+        batch = self._pad_batch(batch, strategy, max_length, pad_to_multiple_of, padding_side or self.padding_side,
+                                return_attention_mask)
         if single:
             batch = {k: v[0] for k, v in batch.items()}
         return BatchEncoding(batch).convert_to_tensors(return_tensors, prepend_batch_axis=single)
@@ -596,17 +471,12 @@ class ConvBertTokenizerBase:
             batch["attention_mask"] = [[1] * len(x) for x in ids]
         if padding_strategy == "do_not_pad" or not ids:
             return batch
-        target = max(len(x) for x in ids) if padding_strategy == "longest" else max_length
-        pad_values = {
-            "input_ids": self.pad_token_id,
-            "token_type_ids": self.pad_token_type_id,
-            "attention_mask": 0,
-            "special_tokens_mask": 1,
-        }
+        length = max(len(x) for x in ids) if padding_strategy == "longest" else max_length
+        if length is not None and pad_to_multiple_of is not None and length % pad_to_multiple_of != 0:
+            length = (length // pad_to_multiple_of + 1) * pad_to_multiple_of
+        pad_values = {"input_ids": self.pad_token_id, "token_type_ids": self.pad_token_type_id,
+                      "attention_mask": 0, "special_tokens_mask": 1}
         for i in range(len(ids)):
-            length = target
-            if length is not None and pad_to_multiple_of is not None and length % pad_to_multiple_of != 0:
-                length = (length // pad_to_multiple_of + 1) * pad_to_multiple_of
             diff = length - len(ids[i])
             if diff <= 0:
                 continue
@@ -616,12 +486,9 @@ class ConvBertTokenizerBase:
                     batch[key][i] = row + [value] * diff if padding_side == "right" else [value] * diff + row
         return batch
 
-    def decode(
-        self,
-        token_ids,
-        skip_special_tokens: bool = False,
-        clean_up_tokenization_spaces: bool | None = None,
-    ) -> str | list[str]:
+    # ------------------------------------------------------------------ decoding
+    def decode(self, token_ids, skip_special_tokens: bool = False,
+               clean_up_tokenization_spaces: bool | None = None) -> str | list[str]:
         """Turn ids back into text: WordPiece pieces are glued (``"un ##aff ##able"`` -> ``"unaffable"``).
 
         Args:
@@ -636,20 +503,18 @@ class ConvBertTokenizerBase:
             return [self.decode(x, skip_special_tokens, clean_up_tokenization_spaces) for x in token_ids]
         if isinstance(token_ids, int):
             token_ids = [token_ids]
-        return self._decode(list(token_ids), skip_special_tokens, clean_up_tokenization_spaces)
+        tokens = self.convert_ids_to_tokens(list(token_ids), skip_special_tokens=skip_special_tokens)
+        text = self.convert_tokens_to_string([t for t in tokens if t is not None])  # None: an id without token
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
 
-    def batch_decode(self, sequences, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None) -> list[str]:
+    def batch_decode(self, sequences, skip_special_tokens: bool = False,
+                     clean_up_tokenization_spaces: bool | None = None) -> list[str]:
         """Decode a batch of id sequences (see :meth:`decode`)."""
         if hasattr(sequences, "tolist"):
             sequences = sequences.tolist()
         return [self.decode(seq, skip_special_tokens, clean_up_tokenization_spaces) for seq in sequences]
-
-    def _decode(self, token_ids: list[int], skip_special_tokens: bool, clean_up_tokenization_spaces: bool | None) -> str:
-        tokens = [t for t in self.convert_ids_to_tokens(token_ids, skip_special_tokens=skip_special_tokens) if t is not None]
-        text = self.convert_tokens_to_string(tokens)
-        if clean_up_tokenization_spaces is None:
-            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
-        return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
 
     @staticmethod
     def clean_up_tokenization(text: str) -> str:
@@ -661,22 +526,33 @@ class ConvBertTokenizerBase:
 
     # ------------------------------------------------------------------ serialisation
     def _config_dict(self) -> dict[str, Any]:
-        """Options written to ``tokenizer_config.json`` (subclasses add theirs)."""
-        cfg = dict(self._extra_config)
-        cfg.update(
-            {
-                "tokenizer_class": type(self).__name__,
-                "model_max_length": self.model_max_length,
-                "padding_side": self.padding_side,
-                "truncation_side": self.truncation_side,
-                "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
-            }
-        )
-        cfg.update(self.special_tokens_map)
-        return cfg
+        """Options written to ``tokenizer_config.json``."""
+        return {
+            **self._extra_config,
+            "tokenizer_class": type(self).__name__,
+            "model_max_length": self.model_max_length,
+            "padding_side": self.padding_side,
+            "truncation_side": self.truncation_side,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+            **self.special_tokens_map,
+            **{name: getattr(self, name) for name in self._config_attrs},
+        }
 
-    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:  # pragma: no cover
-        raise NotImplementedError
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
+        """Write ``vocab.txt`` (LF line endings) into ``save_directory``; it reloads to the same ``{token: id}``.
+
+        The lines of the loaded file are written back in order (duplicates included) when known.
+
+        Returns:
+            ``(path_of_vocab_txt,)``.
+        """
+        save_directory = os.fspath(save_directory)
+        prefix = (filename_prefix + "-") if filename_prefix else ""
+        if os.path.isdir(save_directory):
+            path = os.path.join(save_directory, prefix + VOCAB_FILE)
+        else:
+            path = prefix + save_directory
+        return (write_vocab_file(self._vocab_lines, path),)
 
     def save_pretrained(self, save_directory: str | os.PathLike, filename_prefix: str | None = None) -> tuple[str, ...]:
         """Write the tokenizer in the Hugging Face layout: ``vocab.txt``, ``tokenizer_config.json``,
@@ -692,23 +568,13 @@ class ConvBertTokenizerBase:
         prefix = (filename_prefix + "-") if filename_prefix else ""
         config_path = os.path.join(save_directory, prefix + TOKENIZER_CONFIG_FILE)
         map_path = os.path.join(save_directory, prefix + SPECIAL_TOKENS_MAP_FILE)
-        with open(config_path, "w", encoding="utf-8") as f:
-            json.dump(self._config_dict(), f, indent=2, sort_keys=True, ensure_ascii=False)
-            f.write("\n")
-        with open(map_path, "w", encoding="utf-8") as f:
-            json.dump(self.special_tokens_map, f, indent=2, sort_keys=True, ensure_ascii=False)
-            f.write("\n")
-        files = (config_path, map_path) + tuple(self.save_vocabulary(save_directory, filename_prefix=filename_prefix))
-        return files + tuple(self._save_extra_files(save_directory, prefix))
-
-    def _save_extra_files(self, save_directory: str, prefix: str) -> tuple[str, ...]:
-        return ()
-
-    @classmethod
-    def _files_in(cls, directory: str) -> dict[str, str | None]:
-        names = dict(cls.vocab_files_names)
-        return {key: (os.path.join(directory, name) if os.path.isfile(os.path.join(directory, name)) else None)
-                for key, name in names.items()}
+        _write_json(self._config_dict(), config_path)
+        _write_json(self.special_tokens_map, map_path)
+        files = [config_path, map_path, *self.save_vocabulary(save_directory, filename_prefix=filename_prefix)]
+        if self.is_fast:
+            files.append(os.path.join(save_directory, prefix + TOKENIZER_FILE))
+            self.backend_tokenizer.save(files[-1])
+        return tuple(files)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
@@ -716,39 +582,32 @@ class ConvBertTokenizerBase:
         directory: ``vocab.txt`` and/or ``tokenizer.json``, plus optional ``tokenizer_config.json`` and
         ``special_tokens_map.json``). Keyword arguments override the saved configuration.
 
-        Only local directories are supported (no hub download).
+        Only local directories (or a bare ``vocab.txt``) are supported, no hub download. Only JSON and text
+        files are read: loading never runs code.
         """
         path = os.fspath(pretrained_model_name_or_path)
         if os.path.isfile(path):
-            # A bare vocabulary file.
             return cls(vocab_file=path, **kwargs)
         if not os.path.isdir(path):
             raise OSError(
                 f"Can't load tokenizer from {path!r}: it is not a local directory. Only local directories written by "
                 "`save_pretrained` (or a Hugging Face tokenizer directory) can be loaded; hub downloads are not supported."
             )
-        init: dict[str, Any] = {}
-        cfg_file = os.path.join(path, TOKENIZER_CONFIG_FILE)
-        if os.path.isfile(cfg_file):
-            with open(cfg_file, encoding="utf-8") as f:
-                init.update(json.load(f))
-        map_file = os.path.join(path, SPECIAL_TOKENS_MAP_FILE)
-        if os.path.isfile(map_file):
-            with open(map_file, encoding="utf-8") as f:
-                for name, value in json.load(f).items():
-                    if name in SPECIAL_TOKEN_NAMES:
-                        init[name] = value["content"] if isinstance(value, dict) else value
+        init: dict[str, Any] = dict(_read_json(os.path.join(path, TOKENIZER_CONFIG_FILE)))
+        special_map = _read_json(os.path.join(path, SPECIAL_TOKENS_MAP_FILE))
+        init.update({name: value for name, value in special_map.items() if name in SPECIAL_TOKEN_NAMES})
         for name in SPECIAL_TOKEN_NAMES:  # transformers may store AddedToken dicts
             if isinstance(init.get(name), dict):
                 init[name] = init[name]["content"]
         if init.get("model_max_length") is not None and init["model_max_length"] > LARGE_INTEGER:
             init["model_max_length"] = None
-        files = cls._files_in(path)
-        if not any(files.values()):
+        files = {key: os.path.join(path, name) for key, name in cls.vocab_files_names.items()}
+        files = {key: file for key, file in files.items() if os.path.isfile(file)}
+        if not files:
             raise OSError(
                 f"Can't load tokenizer from {path!r}: none of {sorted(cls.vocab_files_names.values())} is in the directory."
             )
-        init.update({k: v for k, v in files.items() if v is not None})
+        init.update(files)
         init.update(kwargs)
         init.setdefault("name_or_path", path)
         return cls(**init)
@@ -758,19 +617,3 @@ class ConvBertTokenizerBase:
             f"{type(self).__name__}(name_or_path={self.name_or_path!r}, vocab_size={self.vocab_size}, "
             f"model_max_length={self.model_max_length}, special_tokens={self.special_tokens_map})"
         )
-
-
-_IGNORED_CONFIG_KEYS = {
-    "tokenizer_class",
-    "added_tokens_decoder",
-    "auto_map",
-    "name_or_path",
-    "vocab_file",
-    "tokenizer_file",
-    "special_tokens_map_file",
-    "backend",
-}
-
-
-def _is_json_scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))

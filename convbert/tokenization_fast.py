@@ -21,7 +21,6 @@ from .tokenization_base import (
     read_vocab_lines,
     vocab_from_lines,
     vocab_lines_from_dict,
-    write_vocab_file,
 )
 
 __all__ = ["ConvBertTokenizerFast"]
@@ -37,6 +36,20 @@ def set_bert_pre_processing(tok: Tokenizer, *, clean_text: bool, tokenize_chines
         lowercase=do_lower_case,
     )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+
+
+def _load_tokenizer_file(path: str) -> Tokenizer:
+    if not os.path.isfile(path):
+        raise VocabularyError(f"Can't find a tokenizer file at path {path!r}.")
+    try:
+        tok = Tokenizer.from_file(path)  # JSON only: nothing in the file is executed
+    except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+        raise VocabularyError(f"Can't parse the tokenizer file {path!r}: {exc}") from exc
+    if not isinstance(tok.model, WordPiece):
+        raise VocabularyError(f"{path!r} holds a {type(tok.model).__name__} model; ConvBERT needs WordPiece.")
+    if tok.get_vocab_size(with_added_tokens=False) == 0:
+        raise VocabularyError(f"The tokenizer file {path!r} has an empty vocabulary.")
+    return tok
 
 
 class ConvBertTokenizerFast(ConvBertTokenizerBase):
@@ -60,73 +73,42 @@ class ConvBertTokenizerFast(ConvBertTokenizerBase):
 
     vocab_files_names = {"vocab_file": VOCAB_FILE, "tokenizer_file": TOKENIZER_FILE}
     is_fast = True
+    _config_attrs = ("do_lower_case", "clean_text", "tokenize_chinese_chars", "strip_accents", "wordpieces_prefix")
 
-    def __init__(
-        self,
-        vocab_file=None,
-        tokenizer_file=None,
-        do_lower_case: bool = True,
-        unk_token: str = "[UNK]",
-        sep_token: str = "[SEP]",
-        pad_token: str = "[PAD]",
-        cls_token: str = "[CLS]",
-        mask_token: str = "[MASK]",
-        clean_text: bool = True,
-        tokenize_chinese_chars: bool = True,
-        strip_accents: bool | None = None,
-        wordpieces_prefix: str = "##",
-        clean_up_tokenization_spaces: bool = False,
-        **kwargs,
-    ):
+    def __init__(self, vocab_file=None, tokenizer_file=None, do_lower_case: bool = True, unk_token: str = "[UNK]",
+                 sep_token: str = "[SEP]", pad_token: str = "[PAD]", cls_token: str = "[CLS]",
+                 mask_token: str = "[MASK]", clean_text: bool = True, tokenize_chinese_chars: bool = True,
+                 strip_accents: bool | None = None, wordpieces_prefix: str = "##",
+                 clean_up_tokenization_spaces: bool = False, **kwargs):
         for key in ("do_basic_tokenize", "never_split"):  # slow-only options found in shared configs
             kwargs.pop(key, None)
-        super().__init__(
-            unk_token=unk_token,
-            sep_token=sep_token,
-            pad_token=pad_token,
-            cls_token=cls_token,
-            mask_token=mask_token,
-            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
-            **kwargs,
-        )
+        super().__init__(unk_token=unk_token, sep_token=sep_token, pad_token=pad_token, cls_token=cls_token,
+                         mask_token=mask_token, clean_up_tokenization_spaces=clean_up_tokenization_spaces, **kwargs)
         self.do_lower_case = do_lower_case
         self.clean_text = clean_text
         self.tokenize_chinese_chars = tokenize_chinese_chars
         self.strip_accents = strip_accents
         self.wordpieces_prefix = wordpieces_prefix
         self.vocab_file = os.fspath(vocab_file) if vocab_file is not None else None
-        self._vocab_lines = None
 
         if tokenizer_file is not None:
-            tokenizer_file = os.fspath(tokenizer_file)
-            if not os.path.isfile(tokenizer_file):
-                raise VocabularyError(f"Can't find a tokenizer file at path {tokenizer_file!r}.")
-            try:
-                tok = Tokenizer.from_file(tokenizer_file)
-            except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
-                raise VocabularyError(f"Can't parse the tokenizer file {tokenizer_file!r}: {exc}") from exc
-            if not isinstance(tok.model, WordPiece):
-                raise VocabularyError(
-                    f"{tokenizer_file!r} holds a {type(tok.model).__name__} model; ConvBERT needs WordPiece."
-                )
-            if tok.get_vocab_size(with_added_tokens=False) == 0:
-                raise VocabularyError(f"The tokenizer file {tokenizer_file!r} has an empty vocabulary.")
+            tok = _load_tokenizer_file(os.fspath(tokenizer_file))
             tok.model.unk_token = self.unk_token
             tok.model.continuing_subword_prefix = wordpieces_prefix
-            if vocab_file is not None and os.path.isfile(vocab_file):
-                # Keep the raw lines (duplicates included) for a faithful save, when they agree with the file.
-                lines = read_vocab_lines(vocab_file)
-                if dict(vocab_from_lines(lines)) == tok.get_vocab(with_added_tokens=False):
-                    self._vocab_lines = lines
+            vocab = tok.get_vocab(with_added_tokens=False)
+            # Save the raw lines of vocab.txt (duplicates included) when they agree with the file.
+            lines = read_vocab_lines(vocab_file) if vocab_file is not None and os.path.isfile(vocab_file) else None
+            if lines is None or dict(vocab_from_lines(lines)) != vocab:
+                lines = vocab_lines_from_dict(vocab)
+            self._vocab_lines = lines
         elif vocab_file is not None:
             self._vocab_lines = read_vocab_lines(vocab_file)
-            vocab = dict(vocab_from_lines(self._vocab_lines))
-            tok = Tokenizer(
-                WordPiece(vocab, unk_token=self.unk_token, max_input_chars_per_word=100,
-                          continuing_subword_prefix=wordpieces_prefix)
-            )
+            tok = Tokenizer(WordPiece(dict(vocab_from_lines(self._vocab_lines)), unk_token=self.unk_token,
+                                      max_input_chars_per_word=100, continuing_subword_prefix=wordpieces_prefix))
         else:
-            raise VocabularyError("ConvBertTokenizerFast needs a `vocab_file` (vocab.txt) or a `tokenizer_file` (tokenizer.json).")
+            raise VocabularyError(
+                "ConvBertTokenizerFast needs a `vocab_file` (vocab.txt) or a `tokenizer_file` (tokenizer.json)."
+            )
 
         set_bert_pre_processing(tok, clean_text=clean_text, tokenize_chinese_chars=tokenize_chinese_chars,
                                 strip_accents=strip_accents, do_lower_case=do_lower_case)
@@ -138,20 +120,17 @@ class ConvBertTokenizerFast(ConvBertTokenizerBase):
             [AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False) for t in self.all_special_tokens]
         )
         self._tokenizer = tok
-        cls_id, sep_id = self.cls_token_id, self.sep_token_id
         tok.post_processor = processors.TemplateProcessing(
             single=f"{self.cls_token}:0 $A:0 {self.sep_token}:0",
             pair=f"{self.cls_token}:0 $A:0 {self.sep_token}:0 $B:1 {self.sep_token}:1",
-            special_tokens=[(self.cls_token, cls_id), (self.sep_token, sep_id)],
+            special_tokens=[(self.cls_token, self.cls_token_id), (self.sep_token, self.sep_token_id)],
         )
-        self._special_ids = set(self.convert_tokens_to_ids(self.all_special_tokens))
 
     @property
     def backend_tokenizer(self) -> Tokenizer:
         """The underlying ``tokenizers.Tokenizer``."""
         return self._tokenizer
 
-    # ------------------------------------------------------------------ vocabulary
     @property
     def vocab_size(self) -> int:
         """Number of distinct tokens in the WordPiece vocabulary (without added tokens)."""
@@ -166,23 +145,11 @@ class ConvBertTokenizerFast(ConvBertTokenizerBase):
 
     def _convert_token_to_id(self, token: str) -> int:
         idx = self._tokenizer.token_to_id(token)
-        if idx is None:
-            idx = self._tokenizer.token_to_id(self.unk_token)
-        return idx
+        return self._tokenizer.token_to_id(self.unk_token) if idx is None else idx
 
     def _convert_id_to_token(self, index: int) -> str | None:
         # Like the reference fast tokenizer: None for an id without token (e.g. a duplicate's first line).
         return self._tokenizer.id_to_token(int(index))
-
-    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        if isinstance(ids, int):
-            return self._convert_id_to_token(ids)
-        skip = self._special_ids if skip_special_tokens else ()
-        return [self._tokenizer.id_to_token(int(i)) for i in ids if int(i) not in skip]
-
-    convert_ids_to_tokens.__doc__ = ConvBertTokenizerBase.convert_ids_to_tokens.__doc__
 
     def tokenize(self, text: str, **kwargs) -> list[str]:
         """Split ``text`` into WordPiece tokens; special tokens written in the text ("[MASK]") are kept whole."""
@@ -194,24 +161,8 @@ class ConvBertTokenizerFast(ConvBertTokenizerBase):
         """Join tokens into text with the WordPiece decoder (glues ``##`` pieces, cleans up spaces)."""
         return self._tokenizer.decoder.decode(tokens)
 
-    def _decode(self, token_ids, skip_special_tokens, clean_up_tokenization_spaces):
-        text = self._tokenizer.decode([int(i) for i in token_ids], skip_special_tokens=skip_special_tokens)
-        if clean_up_tokenization_spaces is None:
-            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
-        return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
-
-    # ------------------------------------------------------------------ encoding
-    def _encode_batch(
-        self,
-        pairs,
-        add_special_tokens,
-        padding_strategy,
-        truncation_strategy,
-        max_length,
-        pad_to_multiple_of,
-        padding_side,
-        return_special_tokens_mask,
-    ):
+    def _encode_batch(self, pairs, add_special_tokens, padding_strategy, truncation_strategy, max_length,
+                      pad_to_multiple_of, padding_side, return_special_tokens_mask):
         tok = self._tokenizer
         if truncation_strategy == "do_not_truncate":
             tok.no_truncation()
@@ -244,34 +195,3 @@ class ConvBertTokenizerFast(ConvBertTokenizerBase):
         if return_special_tokens_mask:
             out["special_tokens_mask"] = [e.special_tokens_mask for e in encodings]
         return out
-
-    # ------------------------------------------------------------------ serialisation
-    def _config_dict(self):
-        cfg = super()._config_dict()
-        cfg.update(
-            do_lower_case=self.do_lower_case,
-            clean_text=self.clean_text,
-            tokenize_chinese_chars=self.tokenize_chinese_chars,
-            strip_accents=self.strip_accents,
-            wordpieces_prefix=self.wordpieces_prefix,
-        )
-        return cfg
-
-    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
-        """Write ``vocab.txt`` (LF line endings) into ``save_directory``; it reloads to the same ids.
-
-        Returns:
-            ``(path_of_vocab_txt,)``.
-        """
-        save_directory = os.fspath(save_directory)
-        prefix = (filename_prefix + "-") if filename_prefix else ""
-        path = os.path.join(save_directory, prefix + VOCAB_FILE) if os.path.isdir(save_directory) else prefix + save_directory
-        lines = self._vocab_lines
-        if lines is None:
-            lines = vocab_lines_from_dict(self._tokenizer.get_vocab(with_added_tokens=False))
-        return (write_vocab_file(lines, path),)
-
-    def _save_extra_files(self, save_directory: str, prefix: str) -> tuple[str, ...]:
-        path = os.path.join(save_directory, prefix + TOKENIZER_FILE)
-        self._tokenizer.save(path)
-        return (path,)
