@@ -11,8 +11,10 @@
 //   d_logits            = probs * (dp - sum_k probs * dp)
 //   d_values[b, s, h, j] = mask[b, s] * sum_k probs[b, s - k + P, h, k] * g[b, s - k + P, h, j]
 //
-// Every device provides the "window" kernels (softmax + window sum, and their backward); the
-// projection A -> n*K around them is shared code in ops.cpp (GEMMs through ATen).
+// Each device's file (span_dynamic_conv_cpu.cpp, span_dynamic_conv_cuda.cu) provides the entry
+// points below: the "window" kernels (softmax + window sum, and their backward) and the span
+// forward/backward around them (the A -> n*K projection as GEMMs through ATen). ops.cpp checks
+// the inputs and registers the ops.
 #pragma once
 
 #include <ATen/ATen.h>
