@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,34 @@ _GENERIC_DEFAULTS: dict[str, Any] = {
     "problem_type": None,
     "architectures": None,
 }
+
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "max_position_embeddings", "type_vocab_size", "embedding_size", "head_ratio", "conv_kernel_size",
+                  "num_groups")
+_BOOLS = ("conv_mask_padding", "output_hidden_states", "output_attentions", "return_dict", "tie_word_embeddings",
+          "is_decoder", "add_cross_attention")
+_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")  # the last may be None
+_PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+
+def _is_real(value: Any) -> bool:
+    """A finite int or float (bools excluded): what JSON numbers load as."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_token_id(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _is_int_like(key: Any) -> bool:
+    """An id2label key: an int, or its decimal string (JSON object keys are strings)."""
+    if isinstance(key, bool) or not isinstance(key, (int, str)):
+        return False
+    try:
+        int(key)
+    except ValueError:
+        return False
+    return True
 
 
 class ConvBertConfig:
@@ -120,11 +150,24 @@ class ConvBertConfig:
         self.conv_backend = conv_backend
         self.conv_mask_padding = conv_mask_padding
 
+        model_type = kwargs.pop("model_type", self.model_type)
+        if model_type != self.model_type:
+            raise ValueError(f"config has model_type {model_type!r}, expected {self.model_type!r}")
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
         num_labels = kwargs.pop("num_labels", None)
+        for key in kwargs:
+            if key.startswith("__") or key == "_extra" or hasattr(type(self), key):
+                raise ValueError(f"config key {key!r} is reserved: it would hide ConvBertConfig.{key}")
+        if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int)
+                                       or num_labels < 0):
+            raise ValueError(f"num_labels must be a non-negative int, got {num_labels!r}")
         if id2label is None:
             id2label = {i: f"LABEL_{i}" for i in range(num_labels if num_labels is not None else 2)}
+        if not isinstance(id2label, dict) or not all(_is_int_like(k) for k in id2label):
+            raise ValueError(f"id2label must map label ids (ints) to names, got {id2label!r}")
+        if label2id is not None and not isinstance(label2id, dict):
+            raise ValueError(f"label2id must map label names to ids, got {label2id!r}")
         self.id2label = {int(k): v for k, v in id2label.items()}
         self.label2id = dict(label2id) if label2id is not None else {v: k for k, v in self.id2label.items()}
         if num_labels is not None and num_labels != len(self.id2label):
@@ -168,13 +211,38 @@ class ConvBertConfig:
         return self.return_dict
 
     def validate(self) -> None:
-        """Raise ValueError if the sizes do not fit together."""
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings", "type_vocab_size", "embedding_size", "head_ratio",
-                     "conv_kernel_size", "num_groups"):
+        """Raise ValueError, naming the key, if a known key has the wrong type or range or the sizes do not fit."""
+        for name in _POSITIVE_INTS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in _BOOLS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be a bool (JSON true/false), got {value!r} ({type(value).__name__})")
+        for name in _PROBABILITIES:
+            value = getattr(self, name)
+            if not (value is None and name == "classifier_dropout") and not (_is_real(value) and 0 <= value <= 1):
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        if not (_is_real(self.layer_norm_eps) and self.layer_norm_eps > 0):
+            raise ValueError(f"layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}")
+        if not (_is_real(self.initializer_range) and self.initializer_range >= 0):
+            raise ValueError(f"initializer_range must be a non-negative number, got {self.initializer_range!r}")
+        if not _is_token_id(self.pad_token_id):
+            raise ValueError(f"pad_token_id must be an int or null, got {self.pad_token_id!r}")
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if not (_is_token_id(value) or (isinstance(value, list) and all(map(_is_token_id, value)))):
+                raise ValueError(f"{name} must be an int, a list of ints or null, got {value!r}")
+        if not (isinstance(self.hidden_act, str) or callable(self.hidden_act)):
+            raise ValueError(f"hidden_act must be an activation name, got {self.hidden_act!r}")
+        if not isinstance(self.conv_backend, str):
+            raise ValueError(f"conv_backend must be a backend name (str), got {self.conv_backend!r}")
+        if self.problem_type not in _PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {_PROBLEM_TYPES}, got {self.problem_type!r}")
+        if self.architectures is not None and not (
+                isinstance(self.architectures, list) and all(isinstance(a, str) for a in self.architectures)):
+            raise ValueError(f"architectures must be a list of class names or null, got {self.architectures!r}")
         if self.conv_kernel_size % 2 == 0:
             raise ValueError(f"conv_kernel_size must be odd (a centred window), got {self.conv_kernel_size}")
         if self.hidden_size % self.num_heads != 0:
@@ -208,12 +276,35 @@ class ConvBertConfig:
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> "ConvBertConfig":
-        values = dict(config_dict)
-        model_type = values.pop("model_type", cls.model_type)
-        if model_type != cls.model_type:
-            raise ValueError(f"config has model_type {model_type!r}, expected {cls.model_type!r}")
-        values.update(overrides)
-        return cls(**values)
+        """Build a config from a dict of config.json keys; keyword arguments override keys.
+
+        Raises ValueError (naming the key) for a wrong ``model_type``, a key that would hide a
+        property or method (``num_heads``, ``to_dict``, ...), or a known key of the wrong type or range.
+        """
+        if not isinstance(config_dict, Mapping):
+            raise TypeError(f"a config must be a dict (a JSON object), got {type(config_dict).__name__}")
+        return cls(**{**config_dict, **overrides})
+
+    @classmethod
+    def from_json_file(cls, json_file: str | os.PathLike, **overrides: Any) -> "ConvBertConfig":
+        """Read a config.json file; keyword arguments override keys.
+
+        Raises FileNotFoundError if there is no such file, and ValueError naming the file (and the key)
+        if it is not UTF-8 JSON, not a JSON object, or not a valid config.
+        """
+        path = Path(json_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"no config file {path}")
+        try:
+            config_dict = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is not a valid JSON file: {exc}") from exc
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"{path} must hold a JSON object of config keys, not a {type(config_dict).__name__}")
+        try:
+            return cls.from_dict(config_dict, **overrides)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid config {path}: {exc}") from exc
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write ``config.json`` into ``save_directory`` (created if needed); return its path."""
@@ -229,17 +320,17 @@ class ConvBertConfig:
 
     @classmethod
     def from_pretrained(cls, pretrained_path: str | os.PathLike, **overrides: Any) -> "ConvBertConfig":
-        """Read ``config.json`` from a directory (or the file itself); keyword arguments override keys."""
+        """Read ``config.json`` from a directory (or the file itself); keyword arguments override keys.
+
+        Raises FileNotFoundError if there is none, ValueError naming the file for a bad one (see
+        :meth:`from_json_file`).
+        """
         path = Path(pretrained_path)
         if path.is_dir():
             path = path / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} at {pretrained_path}")
-        try:
-            config_dict = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-        return cls.from_dict(config_dict, **overrides)
+        return cls.from_json_file(path, **overrides)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ConvBertConfig) and self.to_dict() == other.to_dict()

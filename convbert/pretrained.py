@@ -3,7 +3,9 @@
 Layout: ``config.json`` plus ``model.safetensors`` (or a sharded ``model.safetensors.index.json``,
 or the legacy ``pytorch_model.bin``). Backbone keys carry the ``convbert.`` prefix in head models
 and none in a bare backbone; either loads into either. Loading is all-or-nothing: every key and
-shape is checked before a single weight is copied.
+shape is checked before a single weight is copied, and a checkpoint none of whose keys name a
+parameter of the model is an error. Nothing loaded can run code: safetensors, JSON, and
+``torch.load(weights_only=True)`` for the legacy format.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,22 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into this model (wrong shapes, unreadable file)."""
 
 
-@dataclass
-class LoadingInfo:
-    missing_keys: list[str] = field(default_factory=list)
-    unexpected_keys: list[str] = field(default_factory=list)
+class LoadingInfo(dict):
+    """What ``from_pretrained(..., output_loading_info=True)`` returns beside the model.
+
+    A dict with transformers' keys ``missing_keys``, ``unexpected_keys``, ``mismatched_keys`` and
+    ``error_msgs`` (lists; the last two stay empty because mismatches raise), each also readable as
+    an attribute (``info.missing_keys``).
+    """
+
+    def __init__(self, missing_keys=(), unexpected_keys=(), mismatched_keys=(), error_msgs=()):
+        super().__init__(missing_keys=list(missing_keys), unexpected_keys=list(unexpected_keys),
+                         mismatched_keys=list(mismatched_keys), error_msgs=list(error_msgs))
+
+    missing_keys = property(lambda self: self["missing_keys"])
+    unexpected_keys = property(lambda self: self["unexpected_keys"])
+    mismatched_keys = property(lambda self: self["mismatched_keys"])
+    error_msgs = property(lambda self: self["error_msgs"])
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -49,24 +62,91 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"could not read weights from {path} (truncated or corrupt?): {exc}") from exc
 
 
+def _read_shard_index(directory: Path) -> dict[str, str]:
+    """The ``weight_map`` (tensor name -> shard file) of a sharded checkpoint, each shard confined to ``directory``.
+
+    Confinement is by name (no absolute path, no ``..``), not by resolving links, so a Hugging Face
+    cache snapshot whose files link into its ``blobs/`` folder still loads.
+    """
+    path = directory / SAFE_WEIGHTS_INDEX_NAME
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise CheckpointError(f"{path} is not a valid JSON file: {exc}") from exc
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f'{path} has no "weight_map" object (tensor name -> shard file)')
+    for name, shard in weight_map.items():
+        parts = Path(shard).parts if isinstance(shard, str) and shard else None
+        if not parts or Path(shard).is_absolute() or Path(shard).anchor or ".." in parts:
+            raise CheckpointError(f'{path}: "weight_map" entry {name!r} -> {shard!r} is not a file inside {directory}')
+    return weight_map
+
+
+def _read_sharded(directory: Path) -> dict[str, torch.Tensor]:
+    weight_map = _read_shard_index(directory)
+    index = directory / SAFE_WEIGHTS_INDEX_NAME
+    state: dict[str, torch.Tensor] = {}
+    found_in: dict[str, str] = {}
+    for shard in sorted(set(weight_map.values())):
+        if not (directory / shard).is_file():
+            raise CheckpointError(f"{index} lists shard {shard!r}, which is not in {directory}")
+        for name, tensor in _read_safetensors(directory / shard).items():
+            if name in found_in:
+                raise CheckpointError(f"{index}: tensor {name!r} is in two shards, {found_in[name]!r} and {shard!r}")
+            found_in[name] = shard
+            state[name] = tensor
+    for name, shard in weight_map.items():
+        if found_in.get(name) != shard:
+            raise CheckpointError(f"{index} puts tensor {name!r} in {shard!r}, but that shard does not hold it")
+    return state
+
+
 def load_state_dict_from_directory(directory: Path) -> dict[str, torch.Tensor]:
-    """Read every weight of a checkpoint directory into CPU tensors."""
+    """Read every weight of a checkpoint directory into CPU tensors.
+
+    Raises FileNotFoundError when there are no weights, CheckpointError (naming the file) when they
+    cannot be read or a shard index is malformed, leaves the directory, or has overlapping shards.
+    """
+    directory = Path(directory)
     if (directory / SAFE_WEIGHTS_NAME).is_file():
         return _read_safetensors(directory / SAFE_WEIGHTS_NAME)
     if (directory / SAFE_WEIGHTS_INDEX_NAME).is_file():
-        index = json.loads((directory / SAFE_WEIGHTS_INDEX_NAME).read_text())
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            state.update(_read_safetensors(directory / shard))
-        return state
+        return _read_sharded(directory)
     if (directory / WEIGHTS_NAME).is_file():
+        path = directory / WEIGHTS_NAME
         try:
-            return torch.load(directory / WEIGHTS_NAME, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise CheckpointError(f"could not read weights from {directory / WEIGHTS_NAME}: {exc}") from exc
+            raise CheckpointError(f"could not read weights from {path}: {exc}") from exc
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors")
+        for key, value in state.items():
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+                raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a named tensor")
+        return state
     raise FileNotFoundError(
         f"no weights in {directory}: expected {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} or {WEIGHTS_NAME}"
     )
+
+
+def _float_dtype(value: Any, what: str) -> torch.dtype:
+    """``value`` (a torch dtype or its name, "float16" or "torch.float16") as a floating torch dtype."""
+    dtype = getattr(torch, value.removeprefix("torch."), None) if isinstance(value, str) else value
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{what} must be \"auto\", a floating torch.dtype or its name "
+                         f"(\"float32\", \"float16\", \"bfloat16\", ...), got {value!r}")
+    return dtype
+
+
+def _auto_dtype(config: ConvBertConfig, state_dict: dict[str, torch.Tensor]) -> torch.dtype:
+    """``dtype="auto"`` as transformers resolves it: the config's ``dtype`` (or older ``torch_dtype``)
+    key, else the first floating tensor of the checkpoint, else float32."""
+    for key in ("dtype", "torch_dtype"):
+        stored = getattr(config, key, None)
+        if stored is not None:
+            return _float_dtype(stored, f"the config's {key!r}")
+    return next((t.dtype for t in state_dict.values() if t.is_floating_point()), torch.float32)
 
 
 class PreTrainedMixin:
@@ -84,8 +164,9 @@ class PreTrainedMixin:
         pretrained_path: str | os.PathLike,
         *,
         config: ConvBertConfig | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         output_loading_info: bool = False,
+        torch_dtype: torch.dtype | str | None = None,
         **config_overrides: Any,
     ):
         """Load a model from a Hugging Face checkpoint directory.
@@ -93,8 +174,12 @@ class PreTrainedMixin:
         Args:
             pretrained_path: directory with ``config.json`` and the weights.
             config: use this config instead of the directory's ``config.json``.
-            dtype: cast the loaded model to this dtype.
-            output_loading_info: also return a :class:`LoadingInfo` with missing/unexpected keys.
+            dtype: cast the loaded model to this dtype: a floating ``torch.dtype``, its name
+                ("float32", "float16", "bfloat16", ...), or "auto" for the config's ``dtype`` /
+                ``torch_dtype`` key, else the checkpoint's own dtype, else float32. Default: float32.
+            output_loading_info: also return a :class:`LoadingInfo`, a dict with ``missing_keys``,
+                ``unexpected_keys``, ``mismatched_keys`` and ``error_msgs``, as transformers does.
+            torch_dtype: the older name of ``dtype`` (give one of the two).
             **config_overrides: config keys to override, e.g. ``conv_backend="eager"``.
 
         Returns the model in eval mode (and the loading info when asked). Missing and unexpected
@@ -102,8 +187,14 @@ class PreTrainedMixin:
 
         Raises:
             FileNotFoundError: no such directory, or no config/weights in it.
-            CheckpointError: unreadable weights or shapes that do not fit this config.
+            CheckpointError: unreadable weights, a malformed shard index, shapes that do not fit
+                this config, or a checkpoint none of whose keys match the model.
+            ValueError: an invalid config file or override, or an invalid dtype.
         """
+        if torch_dtype is not None:
+            if dtype is not None:
+                raise ValueError("give dtype or its older name torch_dtype, not both")
+            dtype = torch_dtype
         directory = Path(pretrained_path)
         if not directory.is_dir():
             raise FileNotFoundError(f"checkpoint directory {pretrained_path!s} does not exist")
@@ -111,10 +202,20 @@ class PreTrainedMixin:
             config = ConvBertConfig.from_pretrained(directory, **config_overrides)
         else:
             for key, value in config_overrides.items():
+                if key.startswith("__") or key == "_extra" or callable(getattr(type(config), key, None)):
+                    raise ValueError(f"config key {key!r} is reserved: it would hide ConvBertConfig.{key}")
                 setattr(config, key, value)
+            config.validate()
+        if dtype is not None and dtype != "auto":
+            dtype = _float_dtype(dtype, "dtype")  # a bad dtype fails before the weights are read
         state_dict = load_state_dict_from_directory(directory)
+        if dtype == "auto":
+            dtype = _auto_dtype(config, state_dict)
         model = cls(config)
-        info = model.load_pretrained_state_dict(state_dict)
+        try:
+            info = model.load_pretrained_state_dict(state_dict)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{directory}: {exc}") from exc
         if dtype is not None:
             model.to(dtype)
         model.eval()
@@ -140,6 +241,11 @@ class PreTrainedMixin:
         """Load Hugging Face-layout weights; check everything first so a failure changes nothing."""
         mapped = self._map_checkpoint_keys(state_dict)
         own = self.state_dict()
+        if not any(k in own for k in mapped):
+            raise CheckpointError(
+                f"none of the checkpoint's {len(state_dict)} tensors is a weight of {type(self).__name__} "
+                f"(checkpoint keys: {sorted(state_dict)[:5]}; model keys: {list(own)[:5]}): not a ConvBERT checkpoint?"
+            )
         tied = self._tied_keys()
         info = LoadingInfo(
             missing_keys=sorted(k for k in own if k not in mapped and k not in tied),
@@ -171,7 +277,8 @@ class PreTrainedMixin:
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True) -> Path:
         """Write ``config.json`` and the weights in the Hugging Face layout; return the directory.
 
-        Tied weights are stored once (under the embedding's name), as transformers does. Files are
+        Tied weights are stored once (under the embedding's name), as transformers does, and the
+        config records the weights' ``dtype``. Files are
         written to a temporary name and renamed, so a crash never leaves a half-written checkpoint.
         """
         directory = Path(save_directory)
@@ -179,6 +286,9 @@ class PreTrainedMixin:
             raise NotADirectoryError(f"{directory} exists and is not a directory")
         directory.mkdir(parents=True, exist_ok=True)
         self.config.architectures = [type(self).__name__]
+        self.config.dtype = str(self.dtype).removeprefix("torch.")  # read by dtype="auto", as transformers writes it
+        if getattr(self.config, "torch_dtype", None) is not None:
+            self.config.torch_dtype = self.config.dtype  # the older key must not contradict it
         tied = self._tied_keys()
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k not in tied}
         if safe_serialization:
