@@ -167,7 +167,14 @@ def make_backend(prefix: str, is_available: Callable[[torch.device], bool]) -> B
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(output[1])
 
+    def refuse_double_backward():
+        # the backward ops have no derivative of their own: say so rather than return None grads
+        if torch.is_grad_enabled():
+            raise RuntimeError(f"the {prefix} backend has no second-order gradients (backward with "
+                               "create_graph=True); use backend='eager' or 'reference' for those")
+
     def span_backward(ctx, grad_out, _grad_probs):
+        refuse_double_backward()
         query, key_conv, values, weight, probs, padding_mask = ctx.saved_tensors
         d_query, d_key_conv, d_values, d_weight, d_bias = span_bwd_op(
             grad_out, query, key_conv, values, weight, probs, ctx.num_heads, padding_mask)
@@ -180,6 +187,7 @@ def make_backend(prefix: str, is_available: Callable[[torch.device], bool]) -> B
         ctx.mark_non_differentiable(output[1])
 
     def dynamic_backward(ctx, grad_out, _grad_probs):
+        refuse_double_backward()
         values, probs, padding_mask = ctx.saved_tensors
         d_values, d_logits = dynamic_bwd_op(grad_out, values, probs, ctx.num_heads, padding_mask)
         return d_values, d_logits, None, None, None

@@ -23,8 +23,8 @@ def dynamic_conv(values, logits, num_heads, padding_mask=None):
 
     probs = torch.softmax(logits.reshape(batch, length, num_heads, kernel_size).to(compute_dtype), dim=-1)
     v = values.reshape(batch, length, num_heads, head_size)
-    if padding_mask is not None:
-        v = v * padding_mask[:, :, None, None].to(v.dtype)
+    if padding_mask is not None:  # padded values are zeros, even inf or NaN ones
+        v = v.masked_fill(~padding_mask[:, :, None, None], 0)
     v = F.pad(v, (0, 0, 0, 0, half, half))  # [B, L + 2P, n, d]
 
     out = probs[..., 0:1] * v[:, 0:length]

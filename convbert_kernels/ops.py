@@ -54,6 +54,11 @@ def dynamic_conv(
     Returns:
         ``[B, L, C]`` in the dtype of ``values``.
 
+    Every backend gives the same answer at the edges: padded values count as zero even when they
+    are inf or NaN; a head whose K logits are all ``-inf`` gives NaN, as ``torch.softmax`` does;
+    empty dimensions (B, L or C = 0) give empty outputs and gradients. Second-order gradients
+    (``create_graph=True``) exist on ``eager`` and ``reference``; the compiled backends raise.
+
     Raises:
         ValueError: inconsistent shapes, devices or dtypes, even K, or an unavailable backend.
     """
@@ -94,6 +99,7 @@ def span_dynamic_conv(
     Returns:
         ``[B, L, C]`` in the dtype of ``values``. All inputs share one dtype; the op computes in it
         (accumulating in at least fp32) whether or not an autocast region encloses the call.
+        Edge cases as for :func:`dynamic_conv`; with A = 0 the logits are the bias alone.
 
     Raises:
         ValueError: inconsistent shapes, devices or dtypes, even K, or an unavailable backend.

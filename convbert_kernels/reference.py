@@ -17,16 +17,15 @@ def dynamic_conv(values, logits, num_heads, padding_mask=None):
     batch, length, channels = values.shape
     head_size = channels // num_heads
     kernel_size = logits.shape[-1] // num_heads
-    if padding_mask is not None:
-        values = values * padding_mask.unsqueeze(-1).to(values.dtype)
-    probs = torch.softmax(logits.reshape(-1, kernel_size, 1), dim=1)  # [B*L*n, K, 1]
-    # [B, C, L, 1] -> unfold -> [B, C*K, L]: column t holds the window around t, zero-padded.
-    windows = F.unfold(
-        values.transpose(1, 2).contiguous().unsqueeze(-1),
-        kernel_size=[kernel_size, 1],
-        padding=[(kernel_size - 1) // 2, 0],
-    )
-    windows = windows.transpose(1, 2).reshape(-1, head_size, kernel_size)  # [B*L*n, d, K]
+    rows = batch * length * num_heads
+    if padding_mask is not None:  # padded values are zeros, even inf or NaN ones
+        values = values.masked_fill(~padding_mask.unsqueeze(-1), 0)
+    probs = torch.softmax(logits.reshape(rows, kernel_size, 1), dim=1)  # [B*L*n, K, 1]
+    # [B, L + K, C] -> unfold -> [B, L, C, K]: the zero-padded window around each token (one
+    # spare row of padding, so that L = 0 still unfolds)
+    half = (kernel_size - 1) // 2
+    windows = F.pad(values, (0, 0, half, half + 1)).unfold(1, kernel_size, 1)[:, :length]
+    windows = windows.reshape(rows, head_size, kernel_size)  # [B*L*n, d, K], a K-times larger copy
     return torch.matmul(windows, probs).reshape(batch, length, channels)
 
 

@@ -129,10 +129,13 @@ def _fwd_kernel(
     x = tl.reshape(logits, (BLOCK_T, N_PAD, K_PAD))
     x = tl.where(valid3, x, float("-inf"))
     mx = tl.max(x, axis=2)
-    mx = tl.where(mx == float("-inf"), 0.0, mx)  # fully padded head: avoid inf - inf
+    # a padded head has no valid tap: keep its probabilities 0 (no inf - inf). A real head whose
+    # logits are all -inf gets NaN, as torch.softmax gives.
+    pad_head = (h0 + tl.arange(0, N_PAD))[None, :] >= H
+    mx = tl.where(pad_head, 0.0, mx)
     e = tl.exp(x - mx[:, :, None])
     den = tl.sum(e, axis=2)
-    den = tl.where(den == 0.0, 1.0, den)
+    den = tl.where(pad_head, 1.0, den)
     p = e / den[:, :, None]
 
     row = b * L + offs_t  # row of the contiguous outputs
@@ -628,9 +631,9 @@ def projection_backward(d_logits, query, key_conv, weight, num_heads):
     d_query = torch.empty((batch, length, a_dim), dtype=query.dtype, device=query.device)
     d_key_conv = torch.empty_like(d_query)
     tokens = batch * length
-    if tokens == 0 or a_dim == 0:
-        zeros = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
-        return d_query.zero_(), d_key_conv.zero_(), zeros, zeros.new_zeros(n_k)
+    if tokens == 0 or a_dim == 0:  # logits = bias alone (or nothing): d_bias still sums d_logits
+        d_bias = d_logits.reshape(tokens, n_k).sum(dim=0).to(weight.dtype)
+        return d_query.zero_(), d_key_conv.zero_(), torch.zeros_like(weight), d_bias
     n_pad, k_pad, _ = _head_pads(num_heads, kernel_size, None)
     nkp = n_pad * k_pad
     block_t, block_a, num_warps = _proj_config(tokens, a_dim, nkp, query.element_size())

@@ -97,7 +97,7 @@ Tensor new_probs(const Tensor& values, int64_t num_heads, int64_t K, bool save_p
 
 // The kernels' view of new_probs: [B, L, n * K], or undefined (they skip writing it).
 Tensor kernel_probs(const Tensor& probs, const Tensor& values) {
-  return probs.dim() == 4 ? probs.view({values.size(0), values.size(1), -1}) : Tensor();
+  return probs.dim() == 4 ? probs.view({values.size(0), values.size(1), probs.size(2) * probs.size(3)}) : Tensor();
 }
 
 std::tuple<Tensor, Tensor> dynamic_fwd(const DeviceKernels& k, const Tensor& values, const Tensor& logits,

@@ -104,7 +104,7 @@ def make_span_inputs(
     query = rand(batch, length, a_dim)
     key_conv = rand(batch, length, a_dim)
     values = rand(batch, length, channels)
-    weight = rand(num_heads * kernel_size, a_dim, scale=a_dim**-0.5)
+    weight = rand(num_heads * kernel_size, a_dim, scale=max(a_dim, 1) ** -0.5)
     bias = rand(num_heads * kernel_size, scale=0.5) if with_bias else None
     mask = None
     if with_mask:

@@ -21,6 +21,7 @@ import torch
 import convbert_kernels as ck
 from oracle import (
     AWKWARD_SHAPES,
+    GRAD_NAMES,
     MORE_SHAPES,
     assert_close_to,
     check_dynamic_backend,
@@ -176,6 +177,71 @@ def test_ignores_an_enclosing_autocast(backend):
     assert inside.dtype == torch.float32
     torch.testing.assert_close(inside, plain, rtol=1e-6, atol=1e-6)
     assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in inputs.tensors())
+
+
+# ---- edge cases: one documented answer on every backend -----------------------------------------
+
+ALL = ["reference", *CPU_DTYPES]
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_padded_values_are_zeros_even_when_inf_or_nan(backend):
+    require(backend)
+    inputs = make_span_inputs(2, 8, 6, 6, 2, 3, seed=5)
+    mask = torch.tensor([[True] * 5 + [False] * 3, [True] * 8])
+    poisoned = inputs.values.detach().clone()
+    poisoned[0, 5], poisoned[0, 6] = float("inf"), float("nan")
+    zeroed = inputs.values.detach().clone()
+    zeroed[0, 5:] = 0
+    args = (inputs.query, inputs.key_conv)
+    got = ck.span_dynamic_conv(*args, poisoned, inputs.weight, inputs.bias, 2, padding_mask=mask, backend=backend)
+    want = ck.span_dynamic_conv(*args, zeroed, inputs.weight, inputs.bias, 2, padding_mask=mask, backend=backend)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_all_minus_inf_logits_give_nan_as_softmax_does(backend):
+    require(backend)
+    values = torch.randn(1, 6, 4)
+    logits = torch.randn(1, 6, 2 * 3)
+    logits[0, 2, :3] = float("-inf")  # every tap of head 0 at token 2
+    out = ck.dynamic_conv(values, logits, 2, backend=backend)
+    assert torch.isnan(out[0, 2, :2]).all()  # head 0 of token 2
+    assert torch.isfinite(out[0, 2, 2:]).all() and torch.isfinite(out[0, [0, 1, 3, 4, 5]]).all()
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("shape", [(0, 5, 4, 6, 2, 3), (2, 0, 4, 6, 2, 3), (2, 5, 4, 0, 2, 3), (2, 5, 0, 6, 2, 3)],
+                         ids=["B=0", "L=0", "C=0", "A=0"])
+def test_empty_dimensions(backend, shape):
+    """Empty outputs and gradients of the right shapes; with A = 0 the logits are the bias alone,
+    and d_bias still flows."""
+    require(backend)
+    inputs = make_span_inputs(*shape, dtype=torch.float64 if backend != "triton" else torch.float32, seed=2)
+    dtype = inputs.values.dtype
+    got_out, got_grads = run_span(inputs, backend)
+    ref_out, ref_grads = run_span(inputs.to(torch.float64), "reference")
+    assert got_out.shape == (shape[0], shape[1], shape[3])
+    assert_close_to(got_out, ref_out, dtype, f"{backend} forward")
+    for name, got, want in zip(GRAD_NAMES, got_grads, ref_grads):
+        assert_close_to(got, want, dtype, f"{backend} {name}")
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_second_order_gradients_or_a_clear_error(backend):
+    require(backend)
+    inputs = make_span_inputs(1, 4, 3, 4, 2, 3, dtype=torch.float64, seed=1)
+
+    def span(*tensors):
+        return ck.span_dynamic_conv(*tensors, 2, backend=backend)
+
+    if backend in COMPILED:
+        out = span(*inputs.tensors())
+        with pytest.raises(RuntimeError, match="second-order"):
+            torch.autograd.grad(out.square().sum(), inputs.tensors(), create_graph=True)
+    else:
+        assert torch.autograd.gradgradcheck(span, tuple(inputs.tensors()))
 
 
 # ---- the compiled backends' ops: one contract (convbert_kernels/_compiled_ops.py) ----------------
