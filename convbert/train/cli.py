@@ -8,25 +8,27 @@ Run ``convbert-train pretrain --help`` / ``convbert-train finetune --help`` for 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..configuration import MODEL_SIZES  # cheap: keeps --help fast
+from ..configuration import MODEL_SIZES, ConvBertConfig  # cheap: keeps --help fast
 
 
 # The embedded default: ConvBERT-small's width with 4 layers, 128-token blocks, sized so the
 # run takes a few minutes on a 2-core CPU and its loss visibly falls.
-DEFAULT_DEMO = dict(model_size="small", layers=4, seq_len=128, batch_size=16, max_steps=300, vocab_size=8000,
-                    lr=1e-3, log_every=10)
+DEFAULT_DEMO = ["pretrain", "--model-size", "small", "--set", "num_hidden_layers=4", "--seq-len", "128", "--batch-size",
+                "16", "--max-steps", "300", "--vocab-size", "8000", "--lr", "0.001", "--log-every", "10"]
 
 
 class CliError(SystemExit):
-    """A user error: exits with status 2 and the message on stderr."""
+    """A user error: exits with status 1 and the message on stderr (argparse's own usage errors exit 2)."""
 
     def __init__(self, message: str):
         super().__init__(f"convbert-train: error: {message}")
@@ -162,10 +164,8 @@ def _model_config_values(args) -> dict[str, Any] | None:
     if args.config is not None:
         if not args.config.is_file():
             raise CliError(f"--config {str(args.config)!r} does not exist")
-        try:
+        with _user_errors(json.JSONDecodeError, f"--config {str(args.config)!r} is not valid JSON: "):
             values = json.loads(args.config.read_text())
-        except json.JSONDecodeError as exc:
-            raise CliError(f"--config {str(args.config)!r} is not valid JSON: {exc}")
         values.pop("model_type", None)
     elif args.model_size is not None:
         values = dict(MODEL_SIZES[args.model_size])
@@ -204,8 +204,6 @@ def prepare_output_dir(path: Path, *, resume: bool, overwrite: bool) -> None:
         raise CliError(f"output directory {str(path)!r} already holds a run; pass --resume to continue it or "
                        "--overwrite-output-dir to start over there")
     if overwrite and not resume:  # start over: the earlier run's metrics and checkpoints go
-        import shutil
-
         (path / METRICS_FILE).unlink(missing_ok=True)
         shutil.rmtree(path / CHECKPOINTS, ignore_errors=True)
 
@@ -215,10 +213,8 @@ def _load_tokenizer(directory: Path):
 
     if not directory.is_dir():
         raise CliError(f"tokenizer directory {str(directory)!r} does not exist")
-    try:
+    with _user_errors((OSError, ValueError), f"cannot load a tokenizer from {str(directory)!r}: "):
         return ConvBertTokenizerFast.from_pretrained(str(directory))
-    except (OSError, ValueError) as exc:
-        raise CliError(f"cannot load a tokenizer from {str(directory)!r}: {exc}")
 
 
 def _start_run(command: str, args, env) -> tuple[Path, bool]:
@@ -228,40 +224,19 @@ def _start_run(command: str, args, env) -> tuple[Path, bool]:
     if env.is_main:
         prepare_output_dir(output_dir, resume=resume, overwrite=args.overwrite_output_dir)
     env.barrier()
-    _check_backend(args.backend, env.device)
-    _precision_check(args, env.device)
+    _check_device_options(args, env.device)
     return output_dir, resume
 
 
-def _check_backend(name: str, device) -> None:
+def _check_device_options(args, device) -> None:
+    import torch
     from convbert_kernels.backends import resolve_backend
 
-    if name == "auto":
-        return
-    try:
-        resolve_backend(name, device)  # loads only this backend (others may need a compiler)
-    except ValueError as exc:
-        raise CliError(f"--backend: {exc}")
-
-
-def _steps(args, batches_per_epoch: int, default_epochs: float) -> int:
-    if args.max_steps is not None:
-        return args.max_steps
-    epochs = args.epochs if args.epochs is not None else default_epochs
-    if epochs <= 0:
-        raise CliError(f"--epochs must be positive, got {epochs}")
-    return max(1, math.ceil(epochs * batches_per_epoch / args.grad_accum))
-
-
-def _loop_config(args, max_steps: int, output_dir: Path):
-    from .loop import LoopConfig
-
-    warmup = args.warmup_steps if args.warmup_steps is not None else int(round(args.warmup_ratio * max_steps))
-    return LoopConfig(output_dir=output_dir, max_steps=max_steps, batch_size=args.batch_size,
-                      grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=warmup,
-                      max_grad_norm=args.max_grad_norm, precision=args.precision, seed=args.seed,
-                      save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
-                      eval_every=getattr(args, "eval_every", 0), progress=not args.no_progress, compile=args.compile)
+    if args.backend != "auto":
+        with _user_errors(ValueError, "--backend: "):
+            resolve_backend(args.backend, device)  # loads only this backend (others may need a compiler)
+    if args.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise CliError("--precision bf16 is not supported on this GPU; use fp16 or fp32")
 
 
 def _resume_dir(args, output_dir: Path) -> Path | None:
@@ -280,13 +255,6 @@ def _resume_dir(args, output_dir: Path) -> Path | None:
     return path
 
 
-def _precision_check(args, device) -> None:
-    import torch
-
-    if args.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise CliError("--precision bf16 is not supported on this GPU; use fp16 or fp32")
-
-
 def _run_info(args) -> dict:
     return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) and v and
                 isinstance(v[0], Path) else v) for k, v in vars(args).items()}
@@ -297,20 +265,119 @@ def _say(env, message: str) -> None:
         print(message, flush=True)
 
 
+@contextlib.contextmanager
+def _user_errors(errors, prefix: str = ""):
+    """Report ``errors`` raised inside as a CliError: ``prefix`` and the error's message."""
+    try:
+        yield
+    except errors as exc:
+        raise CliError(f"{prefix}{exc}")
+
+
+def _init_config(args):
+    if args.init_from is None:
+        return None
+    if not (args.init_from / "config.json").is_file():
+        raise CliError(f"--init-from {str(args.init_from)!r} is not a checkpoint directory (no config.json)")
+    return ConvBertConfig.from_pretrained(args.init_from)
+
+
+def _model_config(args, init_config, tokenizer, tokenizer_name: str, **keys):
+    """The --init-from config (what is asked for must agree with it), else the one asked for; plus ``keys``."""
+    from .loop import check_same_config
+
+    asked = _model_config_values(args)
+    if init_config is None:
+        values = asked if asked is not None else dict(MODEL_SIZES["small"])
+    else:
+        if asked is not None:
+            wanted = ConvBertConfig.from_dict({**init_config.to_dict(), **asked})
+            check_same_config(init_config.to_dict(), wanted.to_dict(), f"--init-from {args.init_from}")
+        if init_config.vocab_size != len(tokenizer):
+            raise CliError(f"--init-from {str(args.init_from)!r} has vocab_size {init_config.vocab_size} but "
+                           f"{tokenizer_name} has {len(tokenizer)} tokens")
+        values = init_config.to_dict()
+        values.pop("model_type", None)
+    values.update(keys)
+    with _user_errors((TypeError, ValueError), "bad model config: "):
+        config = ConvBertConfig.from_dict(values)
+    if args.seq_len > config.max_position_embeddings:
+        raise CliError(f"--seq-len {args.seq_len} exceeds max_position_embeddings={config.max_position_embeddings}")
+    return config
+
+
+def _build_module(args, env, build):
+    from .loop import set_seed
+
+    set_seed(args.seed)  # identical initial weights on every rank
+    module = build()
+    if args.gradient_checkpointing:
+        for m in module.modules():
+            if hasattr(m, "gradient_checkpointing_enable"):
+                m.gradient_checkpointing_enable()
+    set_seed(args.seed + 1000 * env.rank)  # dropout differs across ranks
+    return module
+
+
+def _plan(args, env, examples: int, *, drop_last: bool, default_epochs: float):
+    from .data import BatchPlan
+
+    plan = BatchPlan(examples, args.batch_size, world_size=env.world_size, rank=env.rank, seed=args.seed,
+                     shuffle=True, drop_last=drop_last)
+    if args.max_steps is not None:
+        return plan, args.max_steps
+    epochs = args.epochs if args.epochs is not None else default_epochs
+    if epochs <= 0:
+        raise CliError(f"--epochs must be positive, got {epochs}")
+    return plan, max(1, math.ceil(epochs * plan.batches_per_epoch / args.grad_accum))
+
+
+def _train(args, env, module, plan, fetch, max_steps: int, output_dir: Path, tokenizer, evaluate=None) -> dict:
+    from .loop import LoopConfig, Trainer
+
+    warmup = args.warmup_steps if args.warmup_steps is not None else int(round(args.warmup_ratio * max_steps))
+    cfg = LoopConfig(output_dir=output_dir, max_steps=max_steps, batch_size=args.batch_size,
+                     grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=warmup,
+                     max_grad_norm=args.max_grad_norm, precision=args.precision, seed=args.seed,
+                     save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
+                     eval_every=getattr(args, "eval_every", 0), progress=not args.no_progress, compile=args.compile)
+    trainer = Trainer(module, plan, fetch, cfg, env, tokenizer=tokenizer, run_info=_run_info(args), evaluate=evaluate)
+    return trainer.train(resume_from=_resume_dir(args, output_dir))
+
+
 # --------------------------------------------------------------------------- pretrain
 
 
 def run_pretrain(args, env) -> dict:
     import torch
 
-    from ..configuration import ConvBertConfig
-    from .data import BatchPlan, DataError, pack_documents, read_documents
-    from .electra import ElectraPretrainer, MlmPretrainer
-    from .loop import Trainer, set_seed
+    from .data import DataError, pack_documents
 
     output_dir, resume = _start_run("pretrain", args, env)
+    files, documents = _pretrain_corpus(args, env, output_dir)
+    init_config = _init_config(args)
+    tokenizer = _pretrain_tokenizer(args, env, files, output_dir, resume)
+    config = _model_config(args, init_config, tokenizer, "the tokenizer", vocab_size=len(tokenizer),
+                           pad_token_id=tokenizer.pad_token_id, conv_backend=args.backend)
+    with _user_errors(DataError):
+        blocks = pack_documents(tokenizer, documents, args.seq_len)
+    plan, max_steps = _plan(args, env, len(blocks["input_ids"]), drop_last=True, default_epochs=1.0)
+    module = _build_module(args, env, lambda: _pretrainer(args, config, tokenizer, resume))
+    _describe_pretraining(args, env, documents, blocks, tokenizer, module, max_steps, output_dir)
 
-    # -- text
+    def fetch(indices):
+        idx = torch.tensor(indices, dtype=torch.long)
+        return {k: v[idx] for k, v in blocks.items()}
+
+    summary = _train(args, env, module, plan, fetch, max_steps, output_dir, tokenizer)
+    _say(env, f"saved the model ({'discriminator; generator in generator/' if args.objective == 'electra' else 'masked LM'}"
+              f") and tokenizer to {output_dir}")
+    return summary
+
+
+def _pretrain_corpus(args, env, output_dir: Path):
+    from .data import DataError, read_documents
+
     if args.train_file:
         files = list(args.train_file)
     else:
@@ -321,19 +388,13 @@ def run_pretrain(args, env) -> dict:
             _say(env, "gathering the Python standard library's docstrings as the training corpus ...")
             write_stdlib_corpus(files[0])
         env.barrier()
-    try:
+    with _user_errors(DataError):
         documents = read_documents(files)
-    except DataError as exc:
-        raise CliError(str(exc))
-    if args.max_documents:
-        documents = documents[:args.max_documents]
+    return files, documents[:args.max_documents] if args.max_documents else documents
 
-    # -- tokenizer
-    init_config = None
-    if args.init_from is not None:
-        if not (args.init_from / "config.json").is_file():
-            raise CliError(f"--init-from {str(args.init_from)!r} is not a checkpoint directory (no config.json)")
-        init_config = ConvBertConfig.from_pretrained(args.init_from)
+
+def _pretrain_tokenizer(args, env, files, output_dir: Path, resume: bool):
+    """--tokenizer, else the vocabulary of --init-from, else a WordPiece vocabulary trained on ``files``."""
     tok_dir = args.tokenizer
     if tok_dir is None and args.init_from is not None and (args.init_from / "vocab.txt").is_file():
         tok_dir = args.init_from
@@ -348,237 +409,161 @@ def run_pretrain(args, env) -> dict:
         env.barrier()
     elif args.vocab_size is not None:
         raise CliError("--vocab-size trains a new vocabulary; it cannot be combined with --tokenizer/--init-from")
-    tokenizer = _load_tokenizer(tok_dir)
+    return _load_tokenizer(tok_dir)
 
-    # -- model config
-    asked = _model_config_values(args)
-    if init_config is not None:
-        if asked is not None:
-            from .loop import check_same_config
 
-            wanted = ConvBertConfig.from_dict({**init_config.to_dict(), **asked})
-            check_same_config(init_config.to_dict(), wanted.to_dict(), f"--init-from {args.init_from}")
-        values = init_config.to_dict()
-        values.pop("model_type", None)
-    else:
-        values = asked if asked is not None else dict(MODEL_SIZES["small"])
-    values.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, conv_backend=args.backend)
-    values.setdefault("max_position_embeddings", 512)
-    try:
-        config = ConvBertConfig.from_dict(values)
-    except (TypeError, ValueError) as exc:
-        raise CliError(f"bad model config: {exc}")
-    if init_config is not None and init_config.vocab_size != config.vocab_size:
-        raise CliError(f"--init-from {str(args.init_from)!r} has vocab_size {init_config.vocab_size} but the "
-                       f"tokenizer has {config.vocab_size} tokens")
-    if args.seq_len > config.max_position_embeddings:
-        raise CliError(f"--seq-len {args.seq_len} exceeds max_position_embeddings={config.max_position_embeddings}")
+def _pretrainer(args, config, tokenizer, resume: bool):
+    from .electra import ElectraPretrainer, MlmPretrainer
 
-    # -- data
-    try:
-        blocks = pack_documents(tokenizer, documents, args.seq_len)
-    except DataError as exc:
-        raise CliError(str(exc))
-    plan = BatchPlan(len(blocks["input_ids"]), args.batch_size, world_size=env.world_size, rank=env.rank,
-                     seed=args.seed, shuffle=True, drop_last=True)
-    max_steps = _steps(args, plan.batches_per_epoch, default_epochs=1.0)
-
-    # -- model
-    set_seed(args.seed)  # identical initial weights on every rank
     special = [tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id]
+    ids = dict(special_ids=special, mask_id=tokenizer.mask_token_id, pad_id=tokenizer.pad_token_id)
     if args.objective == "electra":
         fraction = args.generator_fraction or (1 / 3 if config.hidden_size >= 768 else 1 / 4)
-        module = ElectraPretrainer(config, special_ids=special, mask_id=tokenizer.mask_token_id,
-                                   pad_id=tokenizer.pad_token_id, mask_rate=args.mask_rate,
-                                   generator_fraction=fraction, disc_weight=args.disc_weight)
+        module = ElectraPretrainer(config, **ids, mask_rate=args.mask_rate, generator_fraction=fraction,
+                                   disc_weight=args.disc_weight)
     else:
-        module = MlmPretrainer(config, special_ids=special, mask_id=tokenizer.mask_token_id,
-                               pad_id=tokenizer.pad_token_id, mask_rate=args.mask_rate)
+        module = MlmPretrainer(config, **ids, mask_rate=args.mask_rate)
     if args.init_from is not None and not resume:
-        try:
+        with _user_errors(Exception, f"cannot initialise from {str(args.init_from)!r}: "):
             module.load_pretrained(args.init_from, strict=False)
-        except Exception as exc:
-            raise CliError(f"cannot initialise from {str(args.init_from)!r}: {exc}")
-    if args.gradient_checkpointing:
-        for m in module.modules():
-            if hasattr(m, "gradient_checkpointing_enable"):
-                m.gradient_checkpointing_enable()
-    set_seed(args.seed + 1000 * env.rank)  # dropout differs across ranks
+    return module
 
+
+def _describe_pretraining(args, env, documents, blocks, tokenizer, module, max_steps: int, output_dir: Path) -> None:
+    config, electra = module.config, args.objective == "electra"
     n_params = sum(p.numel() for p in module.parameters())
-    disc_params = sum(p.numel() for p in (module.discriminator.parameters() if args.objective == "electra"
-                                          else module.model.parameters()))
+    disc_params = sum(p.numel() for p in (module.discriminator if electra else module.model).parameters())
     _say(env, f"corpus: {len(documents):,} documents -> {len(blocks['input_ids']):,} blocks of {args.seq_len} tokens "
               f"({int(blocks['attention_mask'].sum()):,} tokens); vocabulary {len(tokenizer):,}")
     _say(env, f"model: ConvBERT hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
               f"{config.num_heads} attention + {config.num_heads} conv heads, kernel {config.conv_kernel_size}; "
               f"{disc_params / 1e6:.2f}M parameters"
               + (f" (+ generator hidden {module.generator.config.hidden_size}: {n_params / 1e6:.2f}M in all)"
-                 if args.objective == "electra" else "")
+                 if electra else "")
               + f"; objective {args.objective}; backend {args.backend}; device {env.device}"
               + (f" x {env.world_size} processes" if env.distributed else ""))
     _say(env, f"training: {max_steps} steps x {args.batch_size * args.grad_accum * env.world_size} sequences "
               f"(batch {args.batch_size} x accum {args.grad_accum} x {env.world_size} process(es)), lr {args.lr}, "
               f"{args.precision}; output {output_dir}")
 
-    def fetch(indices):
-        idx = torch.tensor(indices, dtype=torch.long)
-        return {k: v[idx] for k, v in blocks.items()}
-
-    trainer = Trainer(module, plan, fetch, _loop_config(args, max_steps, output_dir), env, tokenizer=tokenizer,
-                      run_info=_run_info(args))
-    summary = trainer.train(resume_from=_resume_dir(args, output_dir))
-    _say(env, f"saved the model ({'discriminator; generator in generator/' if args.objective == 'electra' else 'masked LM'}"
-              f") and tokenizer to {output_dir}")
-    return summary
-
 
 # --------------------------------------------------------------------------- finetune
 
 
 def run_finetune(args, env) -> dict:
-    import numpy as np
-    import torch
+    from .data import collate_labelled, encode_texts
 
-    from ..configuration import ConvBertConfig
-    from ..modeling import ConvBertForSequenceClassification
-    from ..pretrained import CheckpointError
-    from .data import (BatchPlan, DataError, collate_labelled, encode_labels, encode_texts, infer_label_scheme,
-                       read_labelled)
-    from .electra import SequenceClassifier
-    from .loop import Trainer, check_same_config, set_seed
-    from .metrics import classification_metrics, regression_metrics
-
-    output_dir, resume = _start_run("finetune", args, env)
+    output_dir, _ = _start_run("finetune", args, env)
     if args.init_from is None and (args.tokenizer is None or (args.model_size is None and args.config is None)):
         raise CliError("finetune needs --init-from CHECKPOINT (or, to train from scratch, --tokenizer and "
                        "--model-size/--config)")
+    train, evals = _labelled_data(args, env)
+    init_config = _init_config(args)
+    scheme, train_labels, eval_labels = _labels(args, init_config, train, evals)
+    tok_dir = args.tokenizer or args.init_from
+    tokenizer = _load_tokenizer(tok_dir)
+    keys = dict(conv_backend=args.backend, id2label=scheme.id2label(),
+                problem_type="regression" if scheme.task == "regression" else "single_label_classification")
+    if init_config is None:
+        keys.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    else:
+        keys.update(label2id=None)  # the checkpoint's goes: derived from the new id2label
+    config = _model_config(args, init_config, tokenizer, f"the tokenizer in {str(tok_dir)!r}", **keys)
+    module = _build_module(args, env, lambda: _classifier(args, config))
+    encoded = encode_texts(tokenizer, train, args.seq_len)
+    evaluate = _evaluator(args, env, tokenizer, evals, eval_labels, scheme) if evals is not None else None
+    plan, max_steps = _plan(args, env, len(train.texts), drop_last=False, default_epochs=3.0)
+    _describe_finetuning(args, env, train, evals, scheme, config, max_steps, output_dir)
+    pad, regression = tokenizer.pad_token_id, scheme.task == "regression"
 
-    # -- data
-    try:
-        train = read_labelled(args.train_file, args.text_column, args.label_column, args.text_pair_column,
-                              bad_rows=args.bad_rows, data_format=args.data_format)
-        evals = (read_labelled(args.eval_file, args.text_column, args.label_column, args.text_pair_column,
-                               bad_rows=args.bad_rows, data_format=args.data_format)
-                 if args.eval_file is not None else None)
-        for d in (train, evals):
-            if d is not None and d.skipped:
-                _say(env, f"{d.path}: skipped {d.skipped} malformed row(s), e.g. " + "; ".join(d.skip_reasons[:3]))
-    except DataError as exc:
-        raise CliError(str(exc))
+    def fetch(indices):
+        return collate_labelled(encoded, train_labels, indices, pad, regression)
 
-    # -- checkpoint, labels, config
-    init_config = None
-    if args.init_from is not None:
-        if not (args.init_from / "config.json").is_file():
-            raise CliError(f"--init-from {str(args.init_from)!r} is not a checkpoint directory (no config.json)")
-        init_config = ConvBertConfig.from_pretrained(args.init_from)
+    summary = _train(args, env, module, plan, fetch, max_steps, output_dir, tokenizer, evaluate)
+    if env.is_main and summary.get("eval"):
+        (output_dir / "eval_results.json").write_text(json.dumps(summary["eval"], indent=2) + "\n")
+    _say(env, f"saved the fine-tuned model and tokenizer to {output_dir}")
+    return summary
+
+
+def _labelled_data(args, env):
+    from .data import DataError, read_labelled
+
+    with _user_errors(DataError):
+        train, evals = [read_labelled(path, args.text_column, args.label_column, args.text_pair_column,
+                                      bad_rows=args.bad_rows, data_format=args.data_format) if path else None
+                        for path in (args.train_file, args.eval_file)]
+    for d in (train, evals):
+        if d is not None and d.skipped:
+            _say(env, f"{d.path}: skipped {d.skipped} malformed row(s), e.g. " + "; ".join(d.skip_reasons[:3]))
+    return train, evals
+
+
+def _labels(args, init_config, train, evals):
+    from .data import DataError, encode_labels, infer_label_scheme
+
     label_names = None
     if init_config is not None and "ConvBertForSequenceClassification" in (init_config.architectures or []):
         names = [init_config.id2label[i] for i in sorted(init_config.id2label)]
         if not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
             label_names = names  # a fine-tuned checkpoint keeps its label names
-    try:
+    with _user_errors(DataError):
         scheme = infer_label_scheme(train.labels, args.task, args.num_labels, label_names)
-        train_labels = encode_labels(train, scheme)
-        eval_labels = encode_labels(evals, scheme) if evals is not None else None
-    except DataError as exc:
-        raise CliError(str(exc))
+        return scheme, encode_labels(train, scheme), encode_labels(evals, scheme) if evals is not None else None
 
-    tok_dir = args.tokenizer or args.init_from
-    tokenizer = _load_tokenizer(tok_dir)
-    asked = _model_config_values(args)
-    label_keys = dict(id2label=scheme.id2label(),
-                      problem_type="regression" if scheme.task == "regression" else "single_label_classification")
-    if init_config is not None:
-        if asked is not None:
-            wanted = ConvBertConfig.from_dict({**init_config.to_dict(), **asked})
-            check_same_config(init_config.to_dict(), wanted.to_dict(), f"--init-from {args.init_from}")
-        if init_config.vocab_size != len(tokenizer):
-            raise CliError(f"--init-from {str(args.init_from)!r} has vocab_size {init_config.vocab_size} but the "
-                           f"tokenizer in {str(tok_dir)!r} has {len(tokenizer)} tokens")
-        values = init_config.to_dict()
-        values.pop("label2id", None)
-        values.pop("model_type", None)
-        values.update(conv_backend=args.backend, **label_keys)
-    else:
-        values = {**asked, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-                  "conv_backend": args.backend, **label_keys}
-    try:
-        config = ConvBertConfig.from_dict(values)
-    except (TypeError, ValueError) as exc:
-        raise CliError(f"bad model config: {exc}")
-    if args.seq_len > config.max_position_embeddings:
-        raise CliError(f"--seq-len {args.seq_len} exceeds max_position_embeddings={config.max_position_embeddings}")
 
-    set_seed(args.seed)
+def _classifier(args, config):
+    from ..modeling import ConvBertForSequenceClassification
+    from ..pretrained import CheckpointError, load_state_dict_from_directory
+    from .electra import SequenceClassifier
+
     model = ConvBertForSequenceClassification(config)
     if args.init_from is not None:
-        from ..pretrained import load_state_dict_from_directory
-
-        try:
+        with _user_errors((CheckpointError, FileNotFoundError), f"cannot initialise from {str(args.init_from)!r}: "):
+            # MLM / generator heads are dropped; a bare backbone (e.g. an ELECTRA discriminator) gets its
+            # "convbert." prefix from the loader.
             state = load_state_dict_from_directory(args.init_from)
-            prefix = "convbert."
-            if not any(k.startswith(prefix) for k in state):
-                pass  # a bare backbone (e.g. an ELECTRA discriminator): the loader adds the prefix
-            # Keep only backbone weights (and a classifier of the same shape); MLM/generator heads are dropped.
             state = {k: v for k, v in state.items() if not k.startswith(("generator_", "discriminator_"))}
             info = model.load_pretrained_state_dict(state)
-        except (CheckpointError, FileNotFoundError) as exc:
-            raise CliError(f"cannot initialise from {str(args.init_from)!r}: {exc}")
         backbone_missing = [k for k in info.missing_keys if not k.startswith("classifier.")]
         if backbone_missing:
             raise CliError(f"--init-from {str(args.init_from)!r} lacks backbone weights: {backbone_missing[:5]}")
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    module = SequenceClassifier(model)
-    set_seed(args.seed + 1000 * env.rank)
+    return SequenceClassifier(model)
 
-    encoded = encode_texts(tokenizer, train, args.seq_len)
-    eval_encoded = encode_texts(tokenizer, evals, args.seq_len) if evals is not None else None
-    regression = scheme.task == "regression"
-    plan = BatchPlan(len(train.texts), args.batch_size, world_size=env.world_size, rank=env.rank, seed=args.seed,
-                     shuffle=True, drop_last=False)
-    max_steps = _steps(args, plan.batches_per_epoch, default_epochs=3.0)
-    pad = tokenizer.pad_token_id
 
+def _evaluator(args, env, tokenizer, evals, labels, scheme):
+    import numpy as np
+
+    from .data import collate_labelled, encode_texts
+    from .metrics import classification_metrics, regression_metrics
+
+    encoded, pad, n = encode_texts(tokenizer, evals, args.seq_len), tokenizer.pad_token_id, len(evals.texts)
+    regression, size = scheme.task == "regression", 2 * args.batch_size
+
+    def evaluate(mod) -> dict:
+        preds, losses = [], []
+        for start in range(0, n, size):
+            idx = list(range(start, min(n, start + size)))
+            batch = collate_labelled(encoded, labels, idx, pad, regression)
+            out = mod.model(**{k: v.to(env.device) for k, v in batch.items()})
+            losses.append(float(out.loss) * len(idx))
+            preds.append(out.logits.float().cpu().numpy())
+        logits = np.concatenate(preds)
+        metrics = (regression_metrics(logits[:, 0], labels) if regression
+                   else classification_metrics(logits, labels, scheme.num_labels))
+        return {"eval_loss": sum(losses) / n, **{f"eval_{k}": v for k, v in metrics.items()}}
+
+    return evaluate
+
+
+def _describe_finetuning(args, env, train, evals, scheme, config, max_steps: int, output_dir: Path) -> None:
     _say(env, f"data: {len(train.texts):,} training examples"
               + (f", {len(evals.texts):,} eval examples" if evals else "")
-              + f"; task {scheme.task}" + (f" with {scheme.num_labels} labels" if not regression else "")
+              + f"; task {scheme.task}" + (f" with {scheme.num_labels} labels" if scheme.task != "regression" else "")
               + (f" {scheme.names}" if scheme.names else ""))
     _say(env, f"model: from {args.init_from or 'scratch'}, hidden {config.hidden_size}, {config.num_hidden_layers} "
               f"layers; {max_steps} steps, batch {args.batch_size} x accum {args.grad_accum} x {env.world_size}; "
               f"output {output_dir}")
-
-    def fetch(indices):
-        return collate_labelled(encoded, train_labels, indices, pad, regression)
-
-    def evaluate(mod) -> dict:
-        preds, losses = [], []
-        n = len(evals.texts)
-        for start in range(0, n, args.batch_size * 2):
-            idx = list(range(start, min(n, start + args.batch_size * 2)))
-            batch = collate_labelled(eval_encoded, eval_labels, idx, pad, regression)
-            batch = {k: v.to(env.device) for k, v in batch.items()}
-            out = mod.model(**batch)
-            losses.append(float(out.loss) * len(idx))
-            preds.append(out.logits.float().cpu().numpy())
-        logits = np.concatenate(preds)
-        result = {"eval_loss": sum(losses) / n}
-        if regression:
-            result.update({f"eval_{k}": v for k, v in regression_metrics(logits[:, 0], eval_labels).items()})
-        else:
-            result.update({f"eval_{k}": v for k, v in classification_metrics(logits, eval_labels,
-                                                                             scheme.num_labels).items()})
-        return result
-
-    trainer = Trainer(module, plan, fetch, _loop_config(args, max_steps, output_dir), env, tokenizer=tokenizer,
-                      run_info=_run_info(args), evaluate=evaluate if evals is not None else None)
-    summary = trainer.train(resume_from=_resume_dir(args, output_dir))
-    if env.is_main and summary.get("eval"):
-        (output_dir / "eval_results.json").write_text(json.dumps(summary["eval"], indent=2) + "\n")
-    _say(env, f"saved the fine-tuned model and tokenizer to {output_dir}")
-    return summary
 
 
 # --------------------------------------------------------------------------- entry point
@@ -595,12 +580,7 @@ def run(argv: Sequence[str] | None = None) -> dict | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     demo = not argv
-    if demo:
-        d = DEFAULT_DEMO
-        argv = ["pretrain", "--model-size", d["model_size"], "--set", f"num_hidden_layers={d['layers']}",
-                "--seq-len", str(d["seq_len"]), "--batch-size", str(d["batch_size"]), "--max-steps",
-                str(d["max_steps"]), "--vocab-size", str(d["vocab_size"]), "--lr", str(d["lr"]),
-                "--log-every", str(d["log_every"])]
+    argv = argv or list(DEFAULT_DEMO)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

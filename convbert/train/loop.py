@@ -18,7 +18,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -194,15 +194,12 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _config_differences(a: dict, b: dict) -> list[str]:
+def check_same_config(checkpoint_config: dict, run_config: dict, where: str) -> None:
+    a, b = checkpoint_config, run_config
     ignore = {"architectures", "conv_backend", "id2label", "label2id", "problem_type", "transformers_version",
               "torch_dtype", "dtype", "return_dict", "output_hidden_states", "output_attentions"}
-    keys = sorted((set(a) | set(b)) - ignore)
-    return [f"{k}: checkpoint {a.get(k)!r} vs this run {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
-
-
-def check_same_config(checkpoint_config: dict, run_config: dict, where: str) -> None:
-    diffs = _config_differences(checkpoint_config, run_config)
+    diffs = [f"{k}: checkpoint {a.get(k)!r} vs this run {b.get(k)!r}" for k in sorted((set(a) | set(b)) - ignore)
+             if a.get(k) != b.get(k)]
     if diffs:
         raise SystemExit(f"error: {where} was made with a different model config than this run asks for:\n  "
                          + "\n  ".join(diffs[:20])
@@ -210,6 +207,39 @@ def check_same_config(checkpoint_config: dict, run_config: dict, where: str) -> 
 
 
 # --------------------------------------------------------------------------- the trainer
+
+
+class _Progress:
+    """Rank 0's progress bar, and a log line every ``log_every`` steps with the means since the previous one."""
+
+    def __init__(self, cfg: LoopConfig, env: DistEnv, step: int):
+        self.cfg, self.bar = cfg, None
+        if env.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                            leave=True, file=sys.stderr)
+        self.write = (self.bar.write if self.bar is not None else print) if env.is_main else (lambda _m: None)
+        self.tokens, self.since, self.values = 0, time.perf_counter(), {}  # since the last log line
+
+    def update(self, step: int, values: dict[str, float], lr: float, tokens: int, now: float, elapsed: float) -> None:
+        self.tokens += tokens
+        for k, v in values.items():
+            self.values.setdefault(k, []).append(v)
+        rate = self.tokens / max(now - self.since, 1e-9)
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {values['loss']:.4f}, lr {lr:.2e}, {rate:,.0f} tok/s", refresh=False)
+            self.bar.update(1)
+        if step % max(self.cfg.log_every, 1) == 0 or step == self.cfg.max_steps or step == 1:
+            means = {k: sum(v) / len(v) for k, v in self.values.items()}
+            extra = "".join(f" | {k} {v:.4f}" for k, v in means.items() if k != "loss")
+            self.write(f"step {step:>6}/{self.cfg.max_steps} | loss {means['loss']:.4f}{extra} | lr {lr:.2e} | "
+                       f"{rate:,.0f} tok/s | {elapsed:,.0f}s")
+            self.tokens, self.since, self.values = 0, time.perf_counter(), {}
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class Trainer:
@@ -262,8 +292,6 @@ class Trainer:
         if self.env.is_main:
             self._log(message)
 
-    # ---- checkpoints ----------------------------------------------------------------------
-
     def _state(self) -> dict[str, Any]:
         return {
             "step": self.step,
@@ -282,6 +310,9 @@ class Trainer:
         }
 
     def _export(self, directory: Path) -> None:
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
         self.module.save_pretrained(directory)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory))
@@ -292,9 +323,6 @@ class Trainer:
         target = self.output_dir / CHECKPOINTS / f"step-{self.step:07d}"
         if self.env.is_main:
             tmp = self.output_dir / CHECKPOINTS / f".tmp-step-{self.step:07d}-{os.getpid()}"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
             self._export(tmp)
             state_tmp = tmp / (TRAINER_STATE + ".tmp")
             torch.save(state, state_tmp)
@@ -339,8 +367,6 @@ class Trainer:
             set_seed(self.cfg.seed + 1000 * self.env.rank + state["step"])
         self.step = int(state["step"])
 
-    # ---- the loop -------------------------------------------------------------------------
-
     def _prepare_metrics(self) -> None:
         if not self.env.is_main:
             return
@@ -380,114 +406,105 @@ class Trainer:
         return result
 
     def train(self, resume_from: Path | None = None) -> dict:
-        cfg, env = self.cfg, self.env
+        """Train to ``cfg.max_steps`` (on from the checkpoint ``resume_from``), save, and return a summary."""
         if resume_from is not None:
             self.load_checkpoint(resume_from)
             self.log(f"resumed from {resume_from} at step {self.step}")
         self._prepare_metrics()
         self.module.train()
-        bar = None
-        if env.is_main and cfg.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                       leave=True, file=sys.stderr)
-        write = (bar.write if bar is not None else print) if env.is_main else (lambda _m: None)
+        progress = _Progress(self.cfg, self.env, self.step)
         start = time.perf_counter()
-        window_tokens, window_start, window_values = 0, time.perf_counter(), {}
-        last_eval, last_saved = None, None
-        bpe = self.plan.batches_per_epoch
+        last_eval = last_saved = None
         try:
-            while self.step < cfg.max_steps:
+            while self.step < self.cfg.max_steps:
                 step_start = time.perf_counter()
-                sums: dict[str, torch.Tensor] = {}
-                tokens = 0
-                for micro in range(cfg.grad_accum):
-                    position = self.step * cfg.grad_accum + micro
-                    rng = torch.Generator().manual_seed(_rng_seed(cfg.seed, env.rank, position))
-                    batch = self.module.make_batch(self.fetch(self.plan.batch(position)), rng)
-                    tokens += self.module.tokens_in(batch)
-                    batch = {k: v.to(env.device, non_blocking=True) if torch.is_tensor(v) else v
-                             for k, v in batch.items()}
-                    sync = (contextlib.nullcontext() if not env.distributed or micro == cfg.grad_accum - 1
-                            else self.wrapped.no_sync())
-                    with sync:
-                        with _autocast(env.device, cfg.precision):
-                            out = self.wrapped(**batch)
-                        self.scaler.scale(out["loss"] / cfg.grad_accum).backward()
-                    for k, v in out.items():
-                        if torch.is_tensor(v) and v.numel() == 1:
-                            sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.grad_accum
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(),
-                                                           cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-
-                names = sorted(sums)
-                packed = torch.stack([sums[k] for k in names] + [torch.tensor(float(tokens), device=env.device)])
-                packed = env.sum(packed.to(env.device)).cpu()
-                values = {k: float(packed[i]) / env.world_size for i, k in enumerate(names)}
-                global_tokens = int(packed[-1])
+                sums, local_tokens = self._accumulate_gradients()
+                lr, grad_norm = self._apply_gradients()
+                values, tokens = self._mean_over_ranks(sums, local_tokens)
                 now = time.perf_counter()
-                record = {"type": "train", "step": self.step, "epoch": round(self.step * cfg.grad_accum / bpe, 4),
-                          **values, "lr": lr, "grad_norm": float(grad_norm), "tokens": global_tokens,
-                          "tokens_per_s": global_tokens / max(now - step_start, 1e-9),
-                          "elapsed_s": round(now - start, 3)}
-                if not math.isfinite(values["loss"]):
-                    self.log(f"warning: non-finite loss at step {self.step}"
-                             + (" (fp16 loss scaling skips such steps)" if cfg.precision == "fp16" else ""))
-                self.history.append(record)
-                self._write_metrics(record)
-                window_tokens += global_tokens
-                for k, v in values.items():
-                    window_values.setdefault(k, []).append(v)
-                if bar is not None:
-                    rate = window_tokens / max(now - window_start, 1e-9)
-                    bar.set_postfix_str(f"loss {values['loss']:.4f}, lr {lr:.2e}, {rate:,.0f} tok/s", refresh=False)
-                    bar.update(1)
-                if self.step % max(cfg.log_every, 1) == 0 or self.step == cfg.max_steps or self.step == 1:
-                    rate = window_tokens / max(now - window_start, 1e-9)
-                    means = {k: sum(v) / len(v) for k, v in window_values.items()}  # since the last line
-                    extra = "".join(f" | {k} {v:.4f}" for k, v in means.items() if k != "loss")
-                    write(f"step {self.step:>6}/{cfg.max_steps} | loss {means['loss']:.4f}"
-                          f"{extra} | lr {lr:.2e} | {rate:,.0f} tok/s | {now - start:,.0f}s")
-                    window_tokens, window_start, window_values = 0, time.perf_counter(), {}
-                epoch_done = (self.step * cfg.grad_accum) // bpe > ((self.step - 1) * cfg.grad_accum) // bpe
-                if self.evaluate is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0)
-                                                  or (not cfg.eval_every and epoch_done)
-                                                  or self.step == cfg.max_steps):
+                self._record(values, lr, grad_norm, tokens, now - step_start, now - start)
+                progress.update(self.step, values, lr, tokens, now, now - start)
+                if self._eval_due():
                     last_eval = self._run_eval()
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+                if self.cfg.save_every and self.step % self.cfg.save_every == 0 and self.step < self.cfg.max_steps:
                     last_saved = self.save_checkpoint()
         except KeyboardInterrupt:
-            if bar is not None:
-                bar.close()
+            progress.close()
             last = latest_checkpoint(self.output_dir)
-            self.log(f"\ninterrupted at step {self.step}; "
-                     + (f"the last checkpoint is {last} (continue with --resume)" if last else "no checkpoint was saved"))
+            self.log(f"\ninterrupted at step {self.step}; " + (f"the last checkpoint is {last} (continue with --resume)"
+                                                                if last else "no checkpoint was saved"))
             raise SystemExit(130)
-        if bar is not None:
-            bar.close()
+        progress.close()
         elapsed = time.perf_counter() - start
-        if cfg.save_every:
+        if self.cfg.save_every:
             last_saved = self.save_checkpoint()  # the final state can be resumed (e.g. with more --max-steps)
         self.save_final()
-        summary = {"steps": self.step, "elapsed_s": elapsed, "output_dir": str(self.output_dir),
-                   "final_loss": self.history[-1]["loss"] if self.history else None, "eval": last_eval,
-                   "checkpoint": str(last_saved) if last_saved else None}
-        return summary
+        return {"steps": self.step, "elapsed_s": elapsed, "output_dir": str(self.output_dir),
+                "final_loss": self.history[-1]["loss"] if self.history else None, "eval": last_eval,
+                "checkpoint": str(last_saved) if last_saved else None}
+
+    def _accumulate_gradients(self) -> tuple[dict[str, torch.Tensor], int]:
+        """Forward and backward of this step's micro-batches: their mean scalar outputs and their tokens."""
+        cfg, env = self.cfg, self.env
+        sums: dict[str, torch.Tensor] = {}
+        tokens = 0
+        for micro in range(cfg.grad_accum):
+            position = self.step * cfg.grad_accum + micro
+            rng = torch.Generator().manual_seed(_rng_seed(cfg.seed, env.rank, position))
+            batch = self.module.make_batch(self.fetch(self.plan.batch(position)), rng)
+            tokens += self.module.tokens_in(batch)
+            batch = {k: v.to(env.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            sync = (contextlib.nullcontext() if not env.distributed or micro == cfg.grad_accum - 1
+                    else self.wrapped.no_sync())
+            with sync:
+                with _autocast(env.device, cfg.precision):
+                    out = self.wrapped(**batch)
+                self.scaler.scale(out["loss"] / cfg.grad_accum).backward()
+            for k, v in out.items():
+                if torch.is_tensor(v) and v.numel() == 1:
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.grad_accum
+        return sums, tokens
+
+    def _apply_gradients(self) -> tuple[float, torch.Tensor]:
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return lr, grad_norm
+
+    def _mean_over_ranks(self, sums: dict[str, torch.Tensor], tokens: int) -> tuple[dict[str, float], int]:
+        env, names = self.env, sorted(sums)
+        packed = torch.stack([sums[k] for k in names] + [torch.tensor(float(tokens), device=env.device)])
+        packed = env.sum(packed.to(env.device)).cpu()
+        return {k: float(packed[i]) / env.world_size for i, k in enumerate(names)}, int(packed[-1])
+
+    def _record(self, values: dict[str, float], lr: float, grad_norm, tokens: int, step_s: float, elapsed: float):
+        cfg = self.cfg
+        record = {"type": "train", "step": self.step,
+                  "epoch": round(self.step * cfg.grad_accum / self.plan.batches_per_epoch, 4), **values, "lr": lr,
+                  "grad_norm": float(grad_norm), "tokens": tokens, "tokens_per_s": tokens / max(step_s, 1e-9),
+                  "elapsed_s": round(elapsed, 3)}
+        if not math.isfinite(values["loss"]):
+            self.log(f"warning: non-finite loss at step {self.step}"
+                     + (" (fp16 loss scaling skips such steps)" if cfg.precision == "fp16" else ""))
+        self.history.append(record)
+        self._write_metrics(record)
+
+    def _eval_due(self) -> bool:
+        cfg, bpe = self.cfg, self.plan.batches_per_epoch
+        epoch_done = (self.step * cfg.grad_accum) // bpe > ((self.step - 1) * cfg.grad_accum) // bpe
+        return self.evaluate is not None and bool((cfg.eval_every and self.step % cfg.eval_every == 0)
+                                                  or (not cfg.eval_every and epoch_done) or self.step == cfg.max_steps)
 
     def save_final(self) -> None:
         """The final model (Hugging Face layout + tokenizer) in the output directory, and the loss curve."""
         if self.env.is_main:
             tmp = self.output_dir / f".tmp-final-{os.getpid()}"
-            if tmp.exists():
-                shutil.rmtree(tmp)
             self._export(tmp)
             for path in sorted(tmp.rglob("*"), key=lambda p: len(p.parts)):
                 dest = self.output_dir / path.relative_to(tmp)
