@@ -15,6 +15,7 @@ torch already installed in the environment.
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from setuptools import setup
@@ -32,8 +33,10 @@ def _extensions():
     if os.environ.get("CONVBERT_KERNELS_NO_EXTENSION", "") == "1":
         return [], {}
     try:
-        import torch
-        from torch.utils import cpp_extension
+        with warnings.catch_warnings():  # built without build isolation before numpy is installed: harmless
+            warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+            import torch
+            from torch.utils import cpp_extension
     except ImportError:  # metadata-only invocations without torch: nothing to compile
         print("convbert_kernels: torch not importable, building without the native extension", file=sys.stderr)
         return [], {}
@@ -75,5 +78,15 @@ def _extensions():
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 
+def _license() -> dict:
+    """Apache-2.0: an SPDX ``license_expression`` where setuptools takes one (>= 77 deprecates the
+    ``license`` text), else ``license``. Builds without isolation (CI's second stack, the GPU machine)
+    use whatever setuptools is installed there."""
+    import setuptools
+
+    new = int(setuptools.__version__.split(".")[0]) >= 77
+    return {"license_expression" if new else "license": "Apache-2.0"}
+
+
 ext_modules, cmdclass = _extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(ext_modules=ext_modules, cmdclass=cmdclass, **_license())

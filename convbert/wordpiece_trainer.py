@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections import Counter
 from typing import Iterable, Sequence
 
 from tokenizers import Tokenizer
@@ -40,6 +42,13 @@ def train_wordpiece_vocab(
     (BERT normalizer and pre-tokenizer with the given options). The special tokens ``[PAD]``, ``[UNK]``,
     ``[CLS]``, ``[SEP]``, ``[MASK]`` come first, with ids 0 to 4.
 
+    The result is deterministic: the same files and options give the same ``vocab.txt`` in every process.
+    (The ``tokenizers`` trainer alone is not: it numbers continuation pieces such as ``##s`` in hash-map
+    order, and merges of equal count are ranked by those numbers. Here a first pass lists the pieces, and
+    the real pass gets them with fixed ids, after the special tokens; when the corpus has more than
+    ``limit_alphabet`` characters, the kept ones are chosen by count, then by character.) The directory
+    is written next to ``output_dir`` and moved into place, so a killed call leaves no partial tokenizer.
+
     Args:
         files: a text file or a list of text files (UTF-8, any line length).
         vocab_size: size of the vocabulary, special tokens and alphabet included.
@@ -60,7 +69,7 @@ def train_wordpiece_vocab(
 
     Raises:
         FileNotFoundError: a training file does not exist.
-        ValueError: ``vocab_size`` is too small or no file was given.
+        ValueError: ``vocab_size`` is too small, no file was given, or a file is not UTF-8 text (named).
     """
     if isinstance(files, (str, os.PathLike)):
         files = [files]
@@ -73,38 +82,99 @@ def train_wordpiece_vocab(
     if int(vocab_size) <= len(BERT_SPECIAL_TOKENS):
         raise ValueError(f"vocab_size={vocab_size} must be larger than the {len(BERT_SPECIAL_TOKENS)} special tokens.")
 
-    tok = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix=wordpieces_prefix))
-    set_bert_pre_processing(tok, clean_text=clean_text, tokenize_chinese_chars=tokenize_chinese_chars,
-                            strip_accents=strip_accents, do_lower_case=do_lower_case)
-    trainer = WordPieceTrainer(
-        vocab_size=int(vocab_size),
-        min_frequency=min_frequency,
-        show_progress=show_progress,
-        special_tokens=list(BERT_SPECIAL_TOKENS),
-        limit_alphabet=limit_alphabet,
-        initial_alphabet=list(initial_alphabet),
-        continuing_subword_prefix=wordpieces_prefix,
-    )
-    tok.train(files, trainer)
-    vocab = tok.get_vocab(with_added_tokens=False)
+    def new_tokenizer() -> Tokenizer:
+        tok = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix=wordpieces_prefix))
+        set_bert_pre_processing(tok, clean_text=clean_text, tokenize_chinese_chars=tokenize_chinese_chars,
+                                strip_accents=strip_accents, do_lower_case=do_lower_case)
+        return tok
+
+    def train(special: Sequence[str], size: int, alphabet: Sequence[str], limit: int | None) -> dict[str, int]:
+        tok = new_tokenizer()
+        limits = {} if limit is None else {"limit_alphabet": limit}
+        trainer = WordPieceTrainer(vocab_size=size, min_frequency=min_frequency, show_progress=show_progress,
+                                   special_tokens=list(special), initial_alphabet=list(alphabet),
+                                   continuing_subword_prefix=wordpieces_prefix, **limits)
+        try:
+            tok.train(files, trainer)
+        except Exception as exc:  # the tokenizers library raises a bare Exception naming no file
+            raise _training_error(files, exc) from exc
+        return tok.get_vocab(with_added_tokens=False)
+
+    # Pass 1 (no merges): every character and continuation piece the corpus has.
+    seen = train(BERT_SPECIAL_TOKENS, len(BERT_SPECIAL_TOKENS) + 1, initial_alphabet, None)
+    chars = sorted(t for t in seen if t not in BERT_SPECIAL_TOKENS and not t.startswith(wordpieces_prefix))
+    over = limit_alphabet is not None and len(chars) > limit_alphabet
+    alphabet = (_most_frequent_chars(files, new_tokenizer(), list(initial_alphabet), limit_alphabet) if over
+                else sorted(set(initial_alphabet)))
+    kept = set(alphabet) if over else set(chars)
+    pieces = sorted(t for t in seen if t.startswith(wordpieces_prefix) and t[len(wordpieces_prefix):] in kept
+                    and t not in BERT_SPECIAL_TOKENS)
+    # Pass 2: the continuation pieces get fixed ids up front (listed after the special tokens), so equal
+    # counts are broken by ids that do not depend on the trainer's hash-map order.
+    vocab = train([*BERT_SPECIAL_TOKENS, *pieces], int(vocab_size), alphabet, limit_alphabet)
     for i, special in enumerate(BERT_SPECIAL_TOKENS):
         if vocab.get(special) != i:  # the trainer puts special tokens first; check rather than assume
             raise RuntimeError(f"Trained vocabulary has {special} at id {vocab.get(special)}, expected {i}.")
 
-    output_dir = os.fspath(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    vocab_path = write_vocab_file(vocab_lines_from_dict(vocab), os.path.join(output_dir, VOCAB_FILE))
-
     from .tokenization_fast import ConvBertTokenizerFast
 
-    fast = ConvBertTokenizerFast(
-        vocab_file=vocab_path,
-        do_lower_case=do_lower_case,
-        strip_accents=strip_accents,
-        tokenize_chinese_chars=tokenize_chinese_chars,
-        clean_text=clean_text,
-        wordpieces_prefix=wordpieces_prefix,
-        model_max_length=model_max_length,
-    )
-    fast.save_pretrained(output_dir)
-    return output_dir
+    # Written into a temporary directory (inside an existing output_dir, else beside it), then moved into
+    # place: a killed call leaves no half tokenizer (vocab.txt, which marks a trained vocabulary, moves last).
+    given = os.fspath(output_dir)
+    output_dir = os.path.abspath(given)
+    parent, name = os.path.split(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = (os.path.join(output_dir, f".tmp-tokenizer-{os.getpid()}") if os.path.isdir(output_dir)
+           else os.path.join(parent, f".tmp-{name}-{os.getpid()}"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        vocab_path = write_vocab_file(vocab_lines_from_dict(vocab), os.path.join(tmp, VOCAB_FILE))
+        fast = ConvBertTokenizerFast(
+            vocab_file=vocab_path,
+            do_lower_case=do_lower_case,
+            strip_accents=strip_accents,
+            tokenize_chinese_chars=tokenize_chinese_chars,
+            clean_text=clean_text,
+            wordpieces_prefix=wordpieces_prefix,
+            model_max_length=model_max_length,
+        )
+        fast.save_pretrained(tmp)
+        if not os.path.exists(output_dir):
+            os.replace(tmp, output_dir)
+        else:
+            for entry in sorted(os.listdir(tmp), key=lambda n: n == VOCAB_FILE):
+                os.replace(os.path.join(tmp, entry), os.path.join(output_dir, entry))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return given
+
+
+def _most_frequent_chars(files: list[str], tok: Tokenizer, keep: list[str], limit: int) -> list[str]:
+    """``keep`` plus the most frequent other characters of the words in ``files`` (as the trainer splits
+    them), ``limit`` in all; equal counts are broken by the character, so the choice is deterministic."""
+    counts: Counter[str] = Counter()
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(line)):
+                    counts.update(word)
+    keep = sorted(set(keep))[:limit]
+    rest = sorted((c for c in counts if c not in set(keep)), key=lambda c: (-counts[c], c))
+    return sorted(keep + rest[:limit - len(keep)])
+
+
+def _training_error(files: list[str], exc: Exception) -> ValueError:
+    """The trainer's error as a ValueError naming the file at fault (the first that is not UTF-8 text)."""
+    import codecs
+
+    for path in files:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as bad:
+            return ValueError(f"Training file {path!r} is not UTF-8 text ({bad.reason}); is it a binary file?")
+    return ValueError(f"Training a WordPiece vocabulary on {files} failed: {exc}")

@@ -8,6 +8,9 @@
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 unset TRITON_INTERPRET  # never time the Triton interpreter
+# The CPU memory figures come from torch.profiler, whose Kineto backend prints STAGE/USDT/ERROR lines
+# on stderr at every start and stop (and "gpuGetDeviceCount failed" without a GPU): not here.
+export KINETO_LOG_LEVEL="${KINETO_LOG_LEVEL:-6}"
 out="${BENCH_OUT:-$ROOT/.benchmarks}"
 mkdir -p "$out"
 threads=()
@@ -15,14 +18,20 @@ threads=()
 slug="$(python -c 'import torch; from benchmarks.common import device_slug; print(device_slug("cuda" if torch.cuda.is_available() else "cpu"))')"
 on_gpu="$(python -c 'import torch; print(int(torch.cuda.is_available()))')"
 
-python -m benchmarks.bench_kernels --preset quick "${threads[@]}" --out "$out/quick-kernels-$slug.jsonl" "$@" \
-    > "$out/quick-kernels-$slug.log"
+# Each benchmark's output (its stderr too: torch's one-off warnings) goes to its log; on failure, its end is shown.
+logged() {
+    local log="$1"
+    shift
+    "$@" > "$log" 2>&1 || { echo "failed: $* (the end of $log:)" >&2; tail -n 40 "$log" >&2; exit 1; }
+}
+logged "$out/quick-kernels-$slug.log" \
+    python -m benchmarks.bench_kernels --preset quick "${threads[@]}" --out "$out/quick-kernels-$slug.jsonl" "$@"
 model_providers=()
 if [ "$on_gpu" = 0 ] && [ "${BENCH_COMPILE:-0}" != 1 ]; then
     model_providers=(--providers "$(python -c 'import torch; from benchmarks.bench_model import provider_names; print(",".join(provider_names(torch.device("cpu"), compiled=False)))')")
 fi
-python -m benchmarks.bench_model --preset quick "${threads[@]}" "${model_providers[@]}" \
-    --out "$out/quick-model-$slug.jsonl" > "$out/quick-model-$slug.log"
+logged "$out/quick-model-$slug.log" python -m benchmarks.bench_model --preset quick "${threads[@]}" \
+    "${model_providers[@]}" --out "$out/quick-model-$slug.jsonl"
 
 echo
 python -m benchmarks.plot --no-plot "$out/quick-kernels-$slug.jsonl" "$out/quick-model-$slug.jsonl"

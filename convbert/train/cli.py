@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,18 +36,42 @@ class CliError(SystemExit):
 # --------------------------------------------------------------------------- parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _int_from(low: int, what: str = "", high: int | None = None):
+    """An argparse type: an integer in [low, high] (``what`` explains the bound in the message)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}{what}, got {text}")
+        return value
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+def _float_in(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
+    """An argparse type: a finite float in the interval from ``low`` to ``high`` (None: no upper bound)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            if high is None:
+                span = f"{'>' if low_open else '>='} {low:g}"
+            else:
+                span = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {span}, got {text}")
+        return value
+    return parse
+
+
+_positive_int = _int_from(1)
+_nonneg_int = _int_from(0)
+_seq_len = _int_from(8, " ([CLS], [SEP] and some text)")
 
 
 def _add_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int, seq_len: int) -> None:
@@ -68,18 +91,19 @@ def _add_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int, seq_l
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=_positive_int, default=batch_size, help="sequences per micro-batch per process")
-    g.add_argument("--seq-len", type=_positive_int, default=seq_len, help="tokens per sequence")
+    g.add_argument("--seq-len", type=_seq_len, default=seq_len, help="tokens per sequence (>= 8)")
     g.add_argument("--max-steps", type=_positive_int, default=None, help="optimizer steps (overrides --epochs)")
-    g.add_argument("--epochs", type=float, default=None, help="passes over the training data")
-    g.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW)")
+    g.add_argument("--epochs", type=_float_in(0, low_open=True), default=None, help="passes over the training data")
+    g.add_argument("--lr", type=_float_in(0, 1, low_open=True), default=lr, help="peak learning rate (AdamW)")
     g.add_argument("--warmup-steps", type=_nonneg_int, default=None, help="linear warmup steps")
-    g.add_argument("--warmup-ratio", type=float, default=0.1, help="warmup as a fraction of the steps (if no --warmup-steps)")
-    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--warmup-ratio", type=_float_in(0, 1), default=0.1,
+                   help="warmup as a fraction of the steps (if no --warmup-steps)")
+    g.add_argument("--weight-decay", type=_float_in(0, 1), default=0.01, help="AdamW weight decay")
     g.add_argument("--grad-accum", type=_positive_int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision; fp16 uses dynamic loss scaling")
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--max-grad-norm", type=_float_in(0), default=1.0, help="gradient clipping (0: off)")
+    g.add_argument("--seed", type=_int_from(0, high=2**63 - 1), default=42)
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
 
     g = p.add_argument_group("output")
@@ -111,14 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--objective", choices=["electra", "mlm"], default="electra",
                      help="electra: generator + discriminator (as the paper); mlm: masked language modelling")
     pre.add_argument("--train-file", action="append", default=[], type=Path, help="plain-text file (repeatable)")
-    pre.add_argument("--vocab-size", type=_positive_int, default=None,
+    pre.add_argument("--vocab-size", type=_int_from(6, " (the 5 special tokens and more)"), default=None,
                      help="train a WordPiece vocabulary of this size on the training text (default 8000 when "
                           "no --tokenizer)")
-    pre.add_argument("--mask-rate", type=float, default=0.15)
-    pre.add_argument("--disc-weight", type=float, default=50.0, help="ELECTRA discriminator loss weight")
-    pre.add_argument("--generator-fraction", type=float, default=None,
+    pre.add_argument("--mask-rate", type=_float_in(0, 1, low_open=True, high_open=True), default=0.15,
+                     help="fraction of the tokens masked")
+    pre.add_argument("--disc-weight", type=_float_in(0), default=50.0, help="ELECTRA discriminator loss weight")
+    pre.add_argument("--generator-fraction", type=_float_in(0, 1, low_open=True), default=None,
                      help="generator width / discriminator width (default 1/3 for base, 1/4 otherwise)")
     pre.add_argument("--max-documents", type=_positive_int, default=None, help="use only the first N documents")
+    pre.add_argument("--held-out", type=_float_in(0, 0.5), default=0.02,
+                     help="fraction of the documents kept out of training for a masked-token evaluation at the "
+                          "start and the end (0: none)")
     _add_common(pre, lr=5e-4, batch_size=32, seq_len=128)
 
     fin = sub.add_parser("finetune", help="fine-tune for sequence classification or regression",
@@ -130,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("--label-column", default="label")
     fin.add_argument("--task", choices=["auto", "classification", "regression"], default="auto",
                      help="auto: integer or string labels -> classification, other numbers -> regression")
-    fin.add_argument("--num-labels", type=_positive_int, default=None, help="number of classes (default: from data)")
+    fin.add_argument("--num-labels", type=_int_from(2), default=None, help="number of classes (default: from data)")
     fin.add_argument("--bad-rows", choices=["skip", "error"], default="skip",
                      help="malformed rows: skip and count them, or stop with an error")
     fin.add_argument("--data-format", choices=["auto", "csv", "tsv", "jsonl"], default="auto")
@@ -197,15 +225,17 @@ def prepare_output_dir(path: Path, *, resume: bool, overwrite: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise CliError(f"cannot write to the output directory {str(path)!r}: {exc.strerror or exc}")
-    from .loop import CHECKPOINTS, METRICS_FILE
+    from .loop import CHECKPOINTS, METRICS_FILE, OutputDirLocked, claim_output_dir, discard
 
+    with _user_errors(OutputDirLocked):  # held until the run ends (run() releases it); cleans killed runs' leftovers
+        claim_output_dir(path)
     used = (path / CHECKPOINTS).is_dir() or (path / METRICS_FILE).exists() or (path / "config.json").exists()
     if used and not resume and not overwrite:
         raise CliError(f"output directory {str(path)!r} already holds a run; pass --resume to continue it or "
                        "--overwrite-output-dir to start over there")
     if overwrite and not resume:  # start over: the earlier run's metrics and checkpoints go
         (path / METRICS_FILE).unlink(missing_ok=True)
-        shutil.rmtree(path / CHECKPOINTS, ignore_errors=True)
+        discard(path / CHECKPOINTS)
 
 
 def _load_tokenizer(directory: Path):
@@ -245,13 +275,18 @@ def _resume_dir(args, output_dir: Path) -> Path | None:
     if args.resume is None:
         return None
     if args.resume == "latest":
-        found = latest_checkpoint(output_dir)
-        if found is None:
+        path = latest_checkpoint(output_dir)
+        if path is None:
             raise CliError(f"--resume: no checkpoint in {str(output_dir / 'checkpoints')!r}")
-        return found
-    path = Path(args.resume)
-    if not (path / TRAINER_STATE).is_file():
-        raise CliError(f"--resume {str(path)!r} is not a training checkpoint (no {TRAINER_STATE})")
+    else:
+        path = Path(args.resume)
+        if not (path / TRAINER_STATE).is_file():
+            raise CliError(f"--resume {str(path)!r} is not a training checkpoint (no {TRAINER_STATE})")
+    from .electra import missing_weights
+
+    missing = missing_weights(path, getattr(args, "objective", None))
+    if missing:
+        raise CliError(f"--resume {str(path)!r} is an incomplete checkpoint: no {', '.join(missing)}")
     return path
 
 
@@ -354,13 +389,16 @@ def run_pretrain(args, env) -> dict:
     from .data import DataError, pack_documents
 
     output_dir, resume = _start_run("pretrain", args, env)
-    files, documents = _pretrain_corpus(args, env, output_dir)
+    files, documents = _pretrain_corpus(args, env)
+    documents, held_out = _split_held_out(documents, args.held_out)
     init_config = _init_config(args)
     tokenizer = _pretrain_tokenizer(args, env, files, output_dir, resume)
     config = _model_config(args, init_config, tokenizer, "the tokenizer", vocab_size=len(tokenizer),
                            pad_token_id=tokenizer.pad_token_id, conv_backend=args.backend)
+    source = ", ".join(repr(str(f)) for f in files)
     with _user_errors(DataError):
-        blocks = pack_documents(tokenizer, documents, args.seq_len)
+        blocks = pack_documents(tokenizer, documents, args.seq_len, source=source)
+        held = pack_documents(tokenizer, held_out, args.seq_len, source=source) if held_out else None
     plan, max_steps = _plan(args, env, len(blocks["input_ids"]), drop_last=True, default_epochs=1.0)
     module = _build_module(args, env, lambda: _pretrainer(args, config, tokenizer, resume))
     _describe_pretraining(args, env, documents, blocks, tokenizer, module, max_steps, output_dir)
@@ -369,13 +407,33 @@ def run_pretrain(args, env) -> dict:
         idx = torch.tensor(indices, dtype=torch.long)
         return {k: v[idx] for k, v in blocks.items()}
 
+    first = None if resume else _held_out_eval(args, env, module, held, len(held_out), 0, output_dir)
     summary = _train(args, env, module, plan, fetch, max_steps, output_dir, tokenizer)
+    summary["eval"] = _held_out_eval(args, env, module, held, len(held_out), summary["steps"], output_dir, first)
     _say(env, f"saved the model ({'discriminator; generator in generator/' if args.objective == 'electra' else 'masked LM'}"
               f") and tokenizer to {output_dir}")
     return summary
 
 
-def _pretrain_corpus(args, env, output_dir: Path):
+def cache_dir() -> Path:
+    """Where generated inputs are kept between runs (never in a run directory): $CONVBERT_CACHE, else
+    $XDG_CACHE_HOME/convbert, else ~/.cache/convbert."""
+    if os.environ.get("CONVBERT_CACHE"):
+        return Path(os.environ["CONVBERT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "convbert"
+
+
+def stdlib_corpus_path() -> Path:
+    """The cached docstring corpus of this Python (keyed by its version, its stdlib and corpus.py)."""
+    import hashlib
+
+    from . import corpus
+
+    key = hashlib.sha256(f"{sys.version}|{sys.base_prefix}|".encode() + Path(corpus.__file__).read_bytes())
+    return cache_dir() / f"stdlib_docstrings-py{sys.version_info[0]}.{sys.version_info[1]}-{key.hexdigest()[:12]}.txt"
+
+
+def _pretrain_corpus(args, env):
     from .data import DataError, read_documents
 
     if args.train_file:
@@ -383,33 +441,79 @@ def _pretrain_corpus(args, env, output_dir: Path):
     else:
         from .corpus import write_stdlib_corpus
 
-        files = [output_dir / "stdlib_docstrings.txt"]
+        files = [stdlib_corpus_path()]
         if env.is_main and not files[0].is_file():
-            _say(env, "gathering the Python standard library's docstrings as the training corpus ...")
-            write_stdlib_corpus(files[0])
+            _say(env, f"gathering the Python standard library's docstrings as the training corpus into {files[0]} "
+                      "(kept for later runs) ...")
+            with _user_errors(OSError, "cannot write the corpus cache (set CONVBERT_CACHE to a writable directory): "):
+                write_stdlib_corpus(files[0])
         env.barrier()
     with _user_errors(DataError):
         documents = read_documents(files)
     return files, documents[:args.max_documents] if args.max_documents else documents
 
 
+def _split_held_out(documents: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """(training, held-out) documents: every (1/fraction)-th document is held out, spread over the
+    corpus and the same in every run; none when the corpus is too small for one."""
+    step = max(2, round(1 / fraction)) if fraction > 0 else 0
+    held = documents[step - 1::step] if step else []
+    if not held:
+        return documents, []
+    return [d for i, d in enumerate(documents) if (i + 1) % step], held
+
+
+HELD_OUT_BLOCKS = 64  # the evaluation scores at most this many held-out blocks, so it takes seconds
+
+
+def _held_out_eval(args, env, module, held, n_docs: int, step: int, output_dir: Path, before=None) -> dict | None:
+    """Masked-token accuracy on the held-out blocks (rank 0): printed and written to metrics.jsonl."""
+    if held is None:
+        return None
+    result = None
+    if env.is_main:
+        from .loop import METRICS_FILE
+
+        held = {k: v[:HELD_OUT_BLOCKS] for k, v in held.items()}
+        module.to(env.device)
+        result = module.evaluate_masked_lm(held, batch_size=2 * args.batch_size, seed=args.seed)
+        with open(output_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps({"type": "eval", "step": step, **result}) + "\n")
+
+        def was(key: str) -> str:
+            return f" (step 0: {before[key]:.4f})" if before else ""
+
+        _say(env, f"held-out eval @ step {step}: masked-token accuracy {result['eval_masked_acc']:.4f}"
+                  f"{was('eval_masked_acc')}, MLM loss {result['eval_mlm_loss']:.4f}{was('eval_mlm_loss')} "
+                  f"({result['eval_masked_tokens']:,} masked tokens in {len(held['input_ids'])} blocks of the "
+                  f"{n_docs:,} documents not trained on)")
+    env.barrier()
+    return result
+
+
 def _pretrain_tokenizer(args, env, files, output_dir: Path, resume: bool):
-    """--tokenizer, else the vocabulary of --init-from, else a WordPiece vocabulary trained on ``files``."""
+    """--tokenizer, else the vocabulary of --init-from, else (resuming) the checkpoint's, else a WordPiece
+    vocabulary trained on ``files`` and saved once, in the run directory, where the final model's goes."""
     tok_dir = args.tokenizer
     if tok_dir is None and args.init_from is not None and (args.init_from / "vocab.txt").is_file():
         tok_dir = args.init_from
-    if tok_dir is None:
-        tok_dir = output_dir / "tokenizer"
-        if env.is_main and not (resume and (tok_dir / "vocab.txt").is_file()):  # a resumed run keeps its vocabulary
-            from .. import train_wordpiece_vocab
+    if tok_dir is not None:
+        if args.vocab_size is not None:
+            raise CliError("--vocab-size trains a new vocabulary; it cannot be combined with --tokenizer/--init-from")
+        return _load_tokenizer(tok_dir)
+    if resume:  # a resumed run keeps its vocabulary (earlier versions kept it in tokenizer/)
+        for tok_dir in (_resume_dir(args, output_dir), output_dir / "tokenizer"):
+            if (tok_dir / "vocab.txt").is_file():
+                return _load_tokenizer(tok_dir)
+    if env.is_main:
+        from .. import train_wordpiece_vocab
 
-            vocab_size = args.vocab_size or 8000
-            _say(env, f"training a WordPiece vocabulary of {vocab_size} on {len(files)} file(s) ...")
-            train_wordpiece_vocab([str(f) for f in files], vocab_size, str(tok_dir))
-        env.barrier()
-    elif args.vocab_size is not None:
-        raise CliError("--vocab-size trains a new vocabulary; it cannot be combined with --tokenizer/--init-from")
-    return _load_tokenizer(tok_dir)
+        vocab_size = args.vocab_size or 8000
+        _say(env, f"training a WordPiece vocabulary of {vocab_size} on {len(files)} file(s) ...")
+        with _user_errors(ValueError):
+            train_wordpiece_vocab([str(f) for f in files], vocab_size, str(output_dir))
+    env.barrier()
+    return _load_tokenizer(output_dir)
 
 
 def _pretrainer(args, config, tokenizer, resume: bool):
@@ -445,6 +549,9 @@ def _describe_pretraining(args, env, documents, blocks, tokenizer, module, max_s
     _say(env, f"training: {max_steps} steps x {args.batch_size * args.grad_accum * env.world_size} sequences "
               f"(batch {args.batch_size} x accum {args.grad_accum} x {env.world_size} process(es)), lr {args.lr}, "
               f"{args.precision}; output {output_dir}")
+    if electra:
+        _say(env, f"log: loss is the generator's masked-LM loss (it falls as the model learns); total_loss = loss + "
+                  f"{args.disc_weight:g} x disc_loss is what is optimised")
 
 
 # --------------------------------------------------------------------------- finetune
@@ -481,7 +588,9 @@ def run_finetune(args, env) -> dict:
 
     summary = _train(args, env, module, plan, fetch, max_steps, output_dir, tokenizer, evaluate)
     if env.is_main and summary.get("eval"):
-        (output_dir / "eval_results.json").write_text(json.dumps(summary["eval"], indent=2) + "\n")
+        from .loop import write_atomic
+
+        write_atomic(output_dir / "eval_results.json", json.dumps(summary["eval"], indent=2) + "\n")
     _say(env, f"saved the fine-tuned model and tokenizer to {output_dir}")
     return summary
 
@@ -508,7 +617,7 @@ def _labels(args, init_config, train, evals):
         if not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
             label_names = names  # a fine-tuned checkpoint keeps its label names
     with _user_errors(DataError):
-        scheme = infer_label_scheme(train.labels, args.task, args.num_labels, label_names)
+        scheme = infer_label_scheme(train.labels, args.task, args.num_labels, label_names, source=train.path)
         return scheme, encode_labels(train, scheme), encode_labels(evals, scheme) if evals is not None else None
 
 
@@ -586,7 +695,7 @@ def run(argv: Sequence[str] | None = None) -> dict | None:
         parser.print_help()
         return None
 
-    from .loop import cleanup_distributed, setup_distributed
+    from .loop import cleanup_distributed, release_output_dirs, setup_distributed
 
     env = setup_distributed(args.device)
     if demo:
@@ -598,8 +707,11 @@ def run(argv: Sequence[str] | None = None) -> dict | None:
         else:
             summary = run_finetune(args, env)
     finally:
+        release_output_dirs()
         cleanup_distributed()
     if env.is_main and summary is not None:
+        evals = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in (summary.get("eval") or {}).items())
         print(f"done: {summary['steps']} steps in {summary['elapsed_s']:.0f}s; final loss {summary['final_loss']:.4f}"
-              + (f"; eval {summary['eval']}" if summary.get("eval") else ""), flush=True)
+              + (f"; {evals}" if evals else ""), flush=True)
     return summary

@@ -104,7 +104,7 @@ def write_stdlib_corpus(path: str | os.PathLike, timeout: float = 300.0) -> Path
     """
     path = Path(path).resolve()  # the child process runs in another working directory
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")  # a killed run's leftover: cleaned at the next start
     env = dict(os.environ)
     env.setdefault("PYTHONHASHSEED", "0")
     env["DISPLAY"] = ""  # never open a window

@@ -56,7 +56,7 @@ def read_documents(paths: Sequence[str | os.PathLike]) -> list[str]:
     docs: list[str] = []
     for path in check_files(paths, "training file"):
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Notepad, Excel) is not text
         except UnicodeDecodeError as exc:
             raise DataError(f"training file {str(path)!r} is not UTF-8 text: {exc}") from exc
         text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -71,14 +71,16 @@ def read_documents(paths: Sequence[str | os.PathLike]) -> list[str]:
     return docs
 
 
-def pack_documents(tokenizer, documents: Sequence[str], seq_len: int, batch: int = 1000) -> dict[str, torch.Tensor]:
+def pack_documents(tokenizer, documents: Sequence[str], seq_len: int, batch: int = 1000, *,
+                   source: str = "the training text") -> dict[str, torch.Tensor]:
     """Tokenize documents and pack them into ``[CLS] tokens... [SEP]`` blocks of exactly ``seq_len``.
 
     Documents are concatenated with ``[SEP]`` between them (as ELECTRA and run_mlm do) and cut into
     blocks; the remainder shorter than a block is dropped, unless there is no full block at all, in
     which case the single padded block is kept.
 
-    Returns ``{"input_ids": [N, seq_len], "attention_mask": [N, seq_len]}`` (int64).
+    Returns ``{"input_ids": [N, seq_len], "attention_mask": [N, seq_len]}`` (int64). ``source`` names
+    the text (e.g. its files) in errors.
     """
     if seq_len < 8:
         raise ValueError(f"--seq-len must be at least 8, got {seq_len}")
@@ -92,7 +94,7 @@ def pack_documents(tokenizer, documents: Sequence[str], seq_len: int, batch: int
                 stream.extend(ids)
                 stream.append(sep)
     if not stream:
-        raise DataError("the training text produced no tokens")
+        raise DataError(f"{source} produced no tokens")
     body = seq_len - 2
     n_full = len(stream) // body
     blocks = [stream[i * body:(i + 1) * body] for i in range(n_full)] or [stream[:body]]
@@ -177,14 +179,22 @@ def read_labelled(path: str | os.PathLike, text_column: str, label_column: str |
 
     try:
         if fmt in ("csv", "tsv"):
-            with open(path, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f, delimiter="," if fmt == "csv" else "\t")
+            delimiter = "," if fmt == "csv" else "\t"
+            # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which is not part of the header
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                tap = _LineTap(f)
+                reader = csv.DictReader(tap, delimiter=delimiter)
                 header = reader.fieldnames or []
+                _check_quotes(path, tap.take(), 1, delimiter)
                 missing = [c for c in columns if c not in header]
                 if missing:
                     raise DataError(f"{path}: no column(s) {missing}; the header has {header}")
+                end = reader.line_num
                 for row in reader:
-                    line = reader.line_num
+                    raw = tap.take()  # the row's text, after any blank lines csv skipped
+                    first, end = end + 1, reader.line_num
+                    _check_quotes(path, raw, first, delimiter)
+                    line = first + raw[:len(raw) - len(raw.lstrip("\r\n"))].count("\n")
                     if None in row:
                         bad(line, f"{len(header) + len(row[None])} fields, the header has {len(header)}")
                         continue
@@ -193,7 +203,7 @@ def read_labelled(path: str | os.PathLike, text_column: str, label_column: str |
                         continue
                     add(line, row)
         elif fmt == "jsonl":
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")
             if text.lstrip().startswith("["):  # a JSON array of objects is accepted too
                 try:
                     rows = json.loads(text)
@@ -221,7 +231,7 @@ def read_labelled(path: str | os.PathLike, text_column: str, label_column: str |
                 if missing:
                     raise DataError(f"{path}: no row has the key(s) {missing}; keys seen: {sorted(seen_columns)}")
         else:
-            raise DataError(f"unknown data format {fmt!r}")
+            raise DataError(f"{path}: unknown data format {fmt!r}")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text: {exc}") from exc
     except csv.Error as exc:
@@ -230,6 +240,63 @@ def read_labelled(path: str | os.PathLike, text_column: str, label_column: str |
         raise DataError(f"{path} has no usable rows ({data.skipped} malformed rows skipped"
                         + (f", e.g. {data.skip_reasons[0]}" if data.skip_reasons else "") + ")")
     return data
+
+
+class _LineTap:
+    """Iterates over a file's lines for :mod:`csv` and keeps those read since the last :meth:`take`."""
+
+    def __init__(self, lines):
+        self.lines, self.seen = iter(lines), []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.lines)
+        self.seen.append(line)
+        return line
+
+    def take(self) -> str:
+        text, self.seen = "".join(self.seen), []
+        return text
+
+
+def _check_quotes(path: Path, record: str, first_line: int, delimiter: str) -> None:
+    """Raise DataError when the raw text of one CSV record shows a quote that was never closed.
+
+    :mod:`csv` (like Excel) reads a quoted field across line breaks until its closing quote, so a
+    missing quote silently swallows the rows after it: to the end of the file, or up to the next
+    quote (a later row's opening one), which then closes the field with text after it. Both are
+    errors naming the line of the opening quote. A quote inside an unquoted field (``5" screen``),
+    text after a quote on one line (``"a"b``) and quoted fields that hold line breaks read as
+    :mod:`csv` reads them.
+    """
+    if '"' not in record:
+        return
+    state, opened, line, spans = "start", 0, 0, False
+    for ch in record:
+        if state == "quoted":
+            if ch == '"':
+                state = "closing"
+            elif ch == "\n":
+                spans = True
+        elif state == "closing" and ch == '"':  # a doubled quote inside the quoted field
+            state = "quoted"
+        elif ch in (delimiter, "\r", "\n"):
+            state = "start"
+        elif state == "closing" and spans:
+            raise DataError(f"{path}:{first_line + opened}: unbalanced quote: the quoted field opened on line "
+                            f"{first_line + opened} ends on line {first_line + line} with text after its closing "
+                            f"quote, swallowing the rows between; close the quote (or double it: \"\")")
+        elif state == "start" and ch == '"':
+            state, opened, spans = "quoted", line, False
+        else:
+            state = "field"
+        line += ch == "\n"
+    if state == "quoted":
+        raise DataError(f"{path}:{first_line + opened}: unterminated quote: the quoted field opened on line "
+                        f"{first_line + opened} never closes and swallows the rest of the file; close the quote "
+                        f"(or double it: \"\")")
 
 
 @dataclass
@@ -259,12 +326,12 @@ def _as_number(value: Any) -> float | None:
 
 
 def infer_label_scheme(labels: Sequence[Any], task: str = "auto", num_labels: int | None = None,
-                       label_names: Sequence[str] | None = None) -> LabelScheme:
+                       label_names: Sequence[str] | None = None, *, source: str = "the labels") -> LabelScheme:
     """Decide classification vs regression and the number of classes.
 
     ``auto``: labels that are all integers -> classification with ``max + 1`` classes (or
     ``num_labels``); numbers that are not all integers -> regression; anything else -> class
-    names, sorted (or in the order of ``label_names``).
+    names, sorted (or in the order of ``label_names``). ``source`` (the file) starts error messages.
     """
     numbers = [_as_number(v) for v in labels]
     all_numeric = all(n is not None for n in numbers)
@@ -274,7 +341,7 @@ def infer_label_scheme(labels: Sequence[Any], task: str = "auto", num_labels: in
     if task == "regression":
         if not all_numeric:
             bad = next(v for v, n in zip(labels, numbers) if n is None)
-            raise DataError(f"regression needs numeric labels, got {bad!r}")
+            raise DataError(f"{source}: regression needs numeric labels, got {bad!r}")
         return LabelScheme("regression", 1, None)
     if task != "classification":
         raise ValueError(f"unknown task {task!r}")
@@ -286,7 +353,8 @@ def infer_label_scheme(labels: Sequence[Any], task: str = "auto", num_labels: in
         return LabelScheme("classification", n, None)
     names = sorted({str(v) for v in labels})
     if num_labels is not None and num_labels != len(names):
-        raise DataError(f"--num-labels {num_labels} but the labels have {len(names)} distinct values: {names[:20]}")
+        raise DataError(f"{source}: --num-labels {num_labels} but the labels have {len(names)} distinct values: "
+                        f"{names[:20]}")
     return LabelScheme("classification", len(names), names)
 
 

@@ -1,19 +1,22 @@
 """Pre-training objectives (ELECTRA replaced-token detection, masked LM) and the fine-tuning wrapper.
 
 Each objective is an ``nn.Module`` whose ``forward(**batch)`` returns a dict with ``"loss"`` (what
-is back-propagated) and other scalar tensors worth logging, plus:
+is back-propagated, and the training log's headline) and other scalar tensors worth logging, plus:
 
 - ``make_batch(examples, rng)``: turn a batch of packed token blocks into model inputs (masking is
   drawn from ``rng``, a ``torch.Generator`` seeded per micro-batch, so resumed runs mask alike);
 - ``save_pretrained(dir)`` / ``load_pretrained(dir)``: the Hugging Face layout, the whole state;
-- ``tokens_in(batch)``: how many real tokens a batch holds (for tokens/s).
+- ``tokens_in(batch)``: how many real tokens a batch holds (for tokens/s);
+- ``evaluate_masked_lm(blocks)``: masked-token accuracy and loss of its masked LM on held-out blocks.
 
 ELECTRA (Clark et al., 2020), as ConvBERT pre-trains: a small masked-LM *generator* fills 15% of
 positions with sampled tokens; the *discriminator* (the ConvBERT being trained) predicts for every
-token whether it was replaced. Loss = generator MLM loss + 50 x discriminator loss. Generator and
-discriminator share the embedding module (word, position, token type, LayerNorm); the generator's
-output projection is tied to the shared word embeddings. The generator has the discriminator's
-depth and a fraction of its width, heads and feed-forward size.
+token whether it was replaced. Objective = generator MLM loss + 50 x discriminator loss (logged as
+``total_loss``). ``loss`` has that objective's gradient but the generator MLM loss as its value: a
+headline that falls (the x50 term sits near its base rate for long stretches of a short run).
+Generator and discriminator share the embedding module (word, position, token type, LayerNorm);
+the generator's output projection is tied to the shared word embeddings. The generator has the
+discriminator's depth and a fraction of its width, heads and feed-forward size.
 """
 
 from __future__ import annotations
@@ -97,11 +100,49 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 class _PretrainBase(nn.Module):
     def __init__(self, special_ids: list[int], mask_id: int, pad_id: int, mask_rate: float):
         super().__init__()
+        if not 0 < mask_rate < 1:
+            raise ValueError(f"--mask-rate must be in (0, 1), got {mask_rate}")
         self.special_ids, self.mask_id, self.pad_id, self.mask_rate = list(special_ids), mask_id, pad_id, mask_rate
 
     @staticmethod
     def tokens_in(batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum())
+
+    @property
+    def masked_lm(self) -> ConvBertForMaskedLM:
+        """The model that predicts masked tokens (ELECTRA: the generator)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate_masked_lm(self, blocks: dict[str, torch.Tensor], batch_size: int = 32,
+                           seed: int = 0) -> dict[str, float]:
+        """Masked-token prediction on held-out ``blocks`` (``input_ids`` / ``attention_mask``, as packed).
+
+        ``mask_rate`` of each block's tokens become ``[MASK]``, drawn from ``seed``: every call scores
+        the same positions, so evaluations before and after training compare. Returns the masked LM's
+        top-1 accuracy and mean cross-entropy there, and how many positions were scored.
+        """
+        model, was_training = self.masked_lm, self.training
+        device = next(model.parameters()).device
+        rng = torch.Generator().manual_seed(seed)
+        correct = count = 0
+        loss_sum = 0.0
+        self.eval()
+        try:
+            for start in range(0, len(blocks["input_ids"]), batch_size):
+                ids = blocks["input_ids"][start:start + batch_size]
+                mask = blocks["attention_mask"][start:start + batch_size]
+                masked, labels = mask_tokens(ids, mask, special_ids=self.special_ids, mask_id=self.mask_id,
+                                             vocab_size=self.config.vocab_size, rng=rng, rate=self.mask_rate,
+                                             mask_fraction=1.0, random_fraction=0.0)
+                logits, targets = _masked_lm_logits(model, masked.to(device), mask.to(device), labels.to(device))
+                loss_sum += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+                correct += int((logits.argmax(-1) == targets).sum())
+                count += targets.numel()
+        finally:
+            self.train(was_training)
+        return {"eval_masked_acc": correct / max(count, 1), "eval_mlm_loss": loss_sum / max(count, 1),
+                "eval_masked_tokens": count}
 
 
 # --------------------------------------------------------------------------- masked LM
@@ -133,6 +174,10 @@ class MlmPretrainer(_PretrainBase):
     @property
     def config(self) -> ConvBertConfig:
         return self.model.config
+
+    @property
+    def masked_lm(self) -> ConvBertForMaskedLM:
+        return self.model
 
     def make_batch(self, examples: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, torch.Tensor]:
         ids, labels = mask_tokens(examples["input_ids"], examples["attention_mask"], special_ids=self.special_ids,
@@ -202,6 +247,10 @@ class ElectraPretrainer(_PretrainBase):
     def config(self) -> ConvBertConfig:
         return self.discriminator.config
 
+    @property
+    def masked_lm(self) -> ConvBertForMaskedLM:
+        return self.generator
+
     def make_batch(self, examples: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, torch.Tensor]:
         ids, labels = mask_tokens(examples["input_ids"], examples["attention_mask"], special_ids=self.special_ids,
                                   mask_id=self.mask_id, vocab_size=self.config.vocab_size, rng=rng,
@@ -229,12 +278,15 @@ class ElectraPretrainer(_PretrainBase):
         weights = attention_mask.float()
         per_token = F.binary_cross_entropy_with_logits(disc_logits, replaced, reduction="none")
         disc_loss = (per_token * weights).sum() / weights.sum().clamp(min=1)
-        loss = self.gen_weight * gen_loss + self.disc_weight * disc_loss
+        total = self.gen_weight * gen_loss + self.disc_weight * disc_loss
+        # The trainer back-propagates "loss" and shows it first: the objective's gradient (total - its
+        # detached value adds exactly 0), the generator MLM loss's value.
+        loss = gen_loss.detach() + (total - total.detach())
         with torch.no_grad():
             disc_acc = (((disc_logits > 0).float() == replaced).float() * weights).sum() / weights.sum().clamp(min=1)
             gen_acc = (sampled == targets).float().mean()
-        return {"loss": loss, "gen_loss": gen_loss.detach(), "disc_loss": disc_loss.detach(),
-                "disc_acc": disc_acc, "gen_acc": gen_acc}
+        return {"loss": loss, "total_loss": total.detach(), "gen_loss": gen_loss.detach(),
+                "disc_loss": disc_loss.detach(), "disc_acc": disc_acc, "gen_acc": gen_acc}
 
     def compile_models(self) -> None:
         self.generator.convbert.compile()
@@ -270,6 +322,19 @@ class ElectraPretrainer(_PretrainBase):
             problems.append(f"no {GENERATOR_DIR}/ directory")
         if strict and problems:
             raise ValueError(f"checkpoint {directory} does not match the ELECTRA model: " + "; ".join(problems))
+
+
+def missing_weights(directory: Path, objective: str | None) -> list[str]:
+    """The weight files a checkpoint of ``objective`` needs but ``directory`` lacks (empty when complete)."""
+    from ..pretrained import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME
+
+    directory = Path(directory)
+    parts = [directory, directory / GENERATOR_DIR] if objective == "electra" else [directory]
+    missing = [str(d / SAFE_WEIGHTS_NAME) for d in parts
+               if not any((d / n).is_file() for n in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME))]
+    if objective == "electra" and not (directory / DISCRIMINATOR_HEAD_FILE).is_file():
+        missing.append(str(directory / DISCRIMINATOR_HEAD_FILE))
+    return missing
 
 
 # --------------------------------------------------------------------------- fine-tuning

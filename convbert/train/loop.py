@@ -6,16 +6,28 @@ states and the step; the data position is ``step * grad_accum`` micro-batches in
 :class:`~convbert.train.data.BatchPlan`, and each micro-batch's masking is drawn from a generator
 seeded by (seed, rank, position). A run resumed from step k therefore computes the same losses
 as an uninterrupted run from step k on (bit for bit on CPU; on GPU up to kernel nondeterminism).
+
+Safe files: the trainer state holds only tensors and plain data and is loaded with
+``torch.load(weights_only=True)`` (nothing in a checkpoint can run code). Every file is written
+whole or not at all (a temporary name, flushed, then renamed; the metrics log is appended and a
+torn last line is dropped on resume). One run at a time holds an output directory
+(:func:`claim_output_dir`); leftovers of a killed run are cleaned up when the next one claims it.
+A full disk is reported as such (:class:`DiskFullError`).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import errno
 import json
 import math
 import os
+import pickle
 import random
+import re
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +42,11 @@ TRAINER_STATE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE = "loss_curve.png"
 CHECKPOINTS = "checkpoints"
+LOCK_FILE = "convbert-train.lock"
+#: Present in the output directory while the final model is being replaced (and after a kill then).
+FINAL_INCOMPLETE = "FINAL_SAVE_INCOMPLETE"
+_TEMP = ".tmp-"  # prefix of everything half-written: removed when the next run claims the directory
+_OLD = ".old-"   # a checkpoint being replaced by a newer save of the same step
 
 
 # --------------------------------------------------------------------------- distributed
@@ -138,15 +155,23 @@ def set_seed(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as tensors and plain data (loadable with ``weights_only=True``)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"bit_generator": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["bit_generator"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -163,6 +188,8 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    """The learning-rate factor of step ``step`` (0-based): linear warmup over ``warmup`` steps, then linear
+    decay to 0 at ``total``."""
     def factor(step: int) -> float:
         if warmup > 0 and step < warmup:
             return (step + 1) / warmup
@@ -177,21 +204,381 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+# --------------------------------------------------------------------------- files
+
+
+class DiskFullError(SystemExit):
+    """A write failed for lack of space: exits with status 1 and a message that says so."""
+
+
+class OutputDirLocked(RuntimeError):
+    """Another run holds the output directory (its message names the holder)."""
+
+
+_LOW_SPACE = 64 * 2**20  # a write error with less free space than this is taken for a full disk
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``, replacing it (atomic within a file system). Every rename of a run is one."""
+    os.replace(src, dst)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Create ``path`` with ``data``, flushed to disk."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one line (the metrics log); a kill can tear only this last line."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _unlink(path: Path) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's entry to disk, where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        _fsync(path)
+    _fsync(root)
+
+
+def _free_bytes(path: Path) -> int | None:
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _disk_errors(path: Path):
+    """Turn a failed write for lack of space into a :class:`DiskFullError` naming ``path`` and the free space.
+
+    ``ENOSPC``/``EDQUOT``, a message saying so (safetensors), or a ``RuntimeError`` (torch.save reports a
+    full disk as ``[enforce fail at inline_container.cc]``) while the device has less than 64 MiB free.
+    """
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        text = str(exc)
+        free = _free_bytes(path)
+        full = ((isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+                or "no space left" in text.lower() or "storagefull" in text.lower()
+                or (isinstance(exc, RuntimeError) and free is not None and free < _LOW_SPACE))
+        if not full:
+            raise
+        room = f"{free / 2**20:.1f} MiB free" if free is not None else "free space unknown"
+        raise DiskFullError(f"error: no space left on the device while writing {path} ({room}; "
+                            f"{text.strip().splitlines()[0] if text.strip() else type(exc).__name__}). Free some "
+                            "space (or keep fewer checkpoints with --keep-checkpoints), then continue with "
+                            "--resume") from exc
+    except Exception as exc:  # e.g. safetensors' own error type
+        if "no space left" in str(exc).lower() or "storagefull" in str(exc).lower():
+            raise DiskFullError(f"error: no space left on the device while writing {path}: {exc}") from exc
+        raise
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, flushed, then renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(f"{_TEMP}{path.name}-{os.getpid()}")
+    with _disk_errors(path):
+        try:
+            _write_file(tmp, data.encode("utf-8") if isinstance(data, str) else data)
+            _replace(tmp, path)
+        except Exception:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def discard(path: Path) -> None:
+    """Delete a file or directory so that it is never seen half deleted: renamed to a temporary name
+    first (a kill during the deletion leaves only that name, which the next claim removes)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    trash = path.with_name(f"{_TEMP}del-{path.name}-{os.getpid()}")
+    _replace(path, trash)
+    if trash.is_dir():
+        _rmtree(trash)
+    else:
+        _unlink(trash)
+
+
+# --------------------------------------------------------------------------- the output-directory lock
+
+
+_HOST = socket.gethostname()
+
+
+def _process_identity(pid: int) -> str | None:
+    """Boot id and start time of a live process (Linux); None where unknown. Tells a reused pid apart."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return f"{boot}:{start}"
+    except (OSError, IndexError):
+        return None
+
+
+class RunLock:
+    """Exclusive use of an output directory by one run: ``convbert-train.lock`` in it.
+
+    The file is created with ``O_CREAT | O_EXCL`` (of two runs starting at once exactly one creates it)
+    and holds the holder's pid, host, process identity and start time as JSON. Another run is refused
+    with :class:`OutputDirLocked` naming the holder, unless the holder is gone: a lock from this host whose
+    pid is not alive (or is now another process) was left by a killed run and is taken over. A lock from
+    another host is never taken over (its process cannot be checked). :meth:`release` deletes the file.
+    """
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / LOCK_FILE
+        self.depth = 0
+        self.took_over: dict | None = None
+
+    def describe(self, holder: dict) -> str:
+        return (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+                + (f": {' '.join(map(str, holder.get('argv') or []))}" if holder.get("argv") else ""))
+
+    def _read(self) -> tuple[str, dict | None] | None:
+        """(text, holder) of the lock file; holder None while unreadable (being written); None if it is gone."""
+        try:
+            text = self.path.read_text()
+        except OSError:
+            return None
+        try:
+            holder = json.loads(text)
+        except ValueError:
+            holder = None
+        return text, holder if isinstance(holder, dict) else None
+
+    @staticmethod
+    def _alive(holder: dict) -> bool:
+        if holder.get("host") != _HOST:
+            return True  # cannot tell
+        try:
+            pid = int(holder["pid"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        if pid == os.getpid():
+            return False  # an earlier process with our pid (this process's own locks are in _HELD)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        except OSError:
+            return True
+        now = _process_identity(pid)
+        return not (holder.get("process") and now and holder["process"] != now)
+
+    def acquire(self, wait_s: float = 5.0) -> None:
+        """Create the lock file or raise :class:`OutputDirLocked`; take over a stale one."""
+        info = {"pid": os.getpid(), "host": _HOST, "process": _process_identity(os.getpid()),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv}
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                found = self._read()
+                if found is None:  # deleted meanwhile: try again
+                    continue
+                text, holder = found
+                if holder is None:  # being written by its creator (or left so by a run killed right then)
+                    if time.monotonic() < deadline:
+                        time.sleep(0.05)
+                        continue
+                    holder = {}
+                elif self._alive(holder):
+                    raise OutputDirLocked(
+                        f"output directory {str(self.path.parent)!r} is in use by another run ("
+                        f"{self.describe(holder)}); wait for it to end or choose another --output-dir. "
+                        f"If that run is gone, delete {str(self.path)!r}") from None
+                self._take_over(text)
+                self.took_over = holder
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(info))
+                f.flush()
+                os.fsync(f.fileno())
+            return
+
+    def _take_over(self, stale_text: str) -> None:
+        """Delete the stale lock, unless another run took it over first (one at a time: a guard file)."""
+        guard = self.path.with_name(self.path.name + ".takeover")
+        try:
+            os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            with contextlib.suppress(OSError):
+                if time.time() - guard.stat().st_mtime > 10:  # left by a run killed while taking over
+                    guard.unlink()
+            time.sleep(0.05)
+            return
+        try:
+            with contextlib.suppress(OSError):
+                if self.path.read_text() == stale_text:
+                    self.path.unlink()
+        finally:
+            guard.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Delete the lock file if this process holds it."""
+        found = self._read()
+        holder = found[1] if found else None
+        if holder and holder.get("pid") == os.getpid() and holder.get("host") == _HOST:
+            self.path.unlink(missing_ok=True)
+
+
+_HELD: dict[Path, RunLock] = {}
+
+
+def claim_output_dir(directory: Path, log: Callable[[str], None] = print) -> RunLock:
+    """Lock ``directory`` for this run (rank 0 only) and clean up what killed runs left there.
+
+    Re-entrant within a process (the CLI claims the directory before preparing it, the trainer again);
+    :func:`release_output_dir` undoes one claim, :func:`release_output_dirs` all (also run at exit).
+    On the first claim: temporary files and directories (``.tmp-*``) are deleted; a checkpoint left under
+    ``checkpoints/.old-step-N-*`` by a kill between the two renames of a re-save becomes ``step-N`` again
+    when no complete ``step-N`` exists (else it is deleted); an interrupted final save is reported.
+    """
+    directory = Path(directory)
+    key = directory.resolve()
+    lock = _HELD.get(key)
+    if lock is None:
+        lock = RunLock(directory)
+        lock.acquire()
+        _HELD[key] = lock
+        if lock.took_over:
+            log(f"note: took over the lock of a run that is gone ({lock.describe(lock.took_over)})")
+        _clean_leftovers(directory, log)
+    lock.depth += 1
+    return lock
+
+
+def release_output_dir(directory: Path) -> None:
+    key = Path(directory).resolve()
+    lock = _HELD.get(key)
+    if lock is not None:
+        lock.depth -= 1
+        if lock.depth <= 0:
+            lock.release()
+            del _HELD[key]
+
+
+def release_output_dirs() -> None:
+    """Release every output directory this process holds."""
+    for key in list(_HELD):
+        _HELD.pop(key).release()
+
+
+atexit.register(release_output_dirs)
+
+
+def _clean_leftovers(directory: Path, log: Callable[[str], None]) -> None:
+    for parent in (directory, directory / CHECKPOINTS):
+        if not parent.is_dir():
+            continue
+        for path in sorted(parent.iterdir()):
+            if path.name.startswith(_TEMP):
+                _rmtree(path) if path.is_dir() else _unlink(path)
+            elif parent.name == CHECKPOINTS and path.name.startswith(_OLD):
+                real = parent / _old_name(path.name)
+                if (real / TRAINER_STATE).is_file() or not (path / TRAINER_STATE).is_file():
+                    discard(path)
+                else:
+                    _replace(path, real)
+                    log(f"note: restored checkpoint {real} (its re-save was interrupted)")
+    if (directory / FINAL_INCOMPLETE).exists():
+        log(f"warning: the final model in {directory} is incomplete (an interrupted save, see "
+            f"{FINAL_INCOMPLETE}); this run writes it again when it ends")
+
+
+def _old_name(name: str) -> str:
+    """``.old-step-0000004-123`` -> ``step-0000004``."""
+    return name[len(_OLD):].rsplit("-", 1)[0]
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
 def checkpoint_dirs(output_dir: Path) -> list[Path]:
-    """Complete checkpoints (those with a trainer state), oldest first."""
+    """Complete checkpoints (those with a trainer state), oldest first.
+
+    ``step-N`` directories; and ``.old-step-N-*`` where no complete ``step-N`` exists (a checkpoint moved
+    aside for a re-save of its step when the run was killed: still complete, restored at the next claim).
+    """
     root = Path(output_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / TRAINER_STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    found: dict[int, Path] = {}
+    for path in root.iterdir():
+        name = _old_name(path.name) if path.name.startswith(_OLD) else path.name
+        if not name.startswith("step-") or not (path / TRAINER_STATE).is_file():
+            continue
+        try:
+            step = int(name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if step not in found or path.name == name:
+            found[step] = path
+    return [found[step] for step in sorted(found)]
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """Read a ``trainer_state.pt`` with ``torch.load(weights_only=True)``: tensors and plain containers only
+    (torch's weights-only allowlist, nothing added), so a tampered file cannot run code; it is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f"it references {found.group(1)}" if found else str(exc).strip().split("\n")[0]
+        raise SystemExit(f"error: refusing to load {path}: it holds more than tensors and plain data, so loading it "
+                         f"could run code ({what}). It was altered, or written by an older convbert-train that "
+                         "pickled Python objects; start a fresh run") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise SystemExit(f"error: cannot read the training state {path}: {exc}") from None
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
     found = checkpoint_dirs(output_dir)
     return found[-1] if found else None
+
+
+@contextlib.contextmanager
+def _user_error(errors):
+    """``errors`` raised inside become ``SystemExit("error: ...")``, as the trainer's other user errors."""
+    try:
+        yield
+    except errors as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def check_same_config(checkpoint_config: dict, run_config: dict, where: str) -> None:
@@ -255,6 +642,16 @@ class Trainer:
         tokenizer: saved next to every checkpoint and the final model.
         run_info: JSON-able description of the run (the CLI arguments), stored with checkpoints.
         evaluate: optional ``module -> {metric: value}``, run on rank 0 in eval mode.
+
+    Learning-rate schedule: linear warmup over ``cfg.warmup_steps``, then linear decay to 0 at
+    ``cfg.max_steps`` (:func:`linear_schedule`). The rate of every step is a function of the step and of
+    *this* run's ``lr``, ``warmup_steps`` and ``max_steps``, also after a resume: a resumed run follows the
+    schedule that an uninterrupted run with its options has. With the options of the checkpoint's run that
+    is the same schedule (bit for bit); with a larger ``max_steps`` the decay is stretched to the new end,
+    e.g. resuming a finished 30-step run with ``max_steps=35`` trains step 31 at ``lr * 5 / (35 - warmup)``
+    (not at 0, where the old schedule ended) down to ``lr / (35 - warmup)`` at step 35.
+
+    Files: only rank 0 writes; :meth:`train` claims the output directory (:func:`claim_output_dir`).
     """
 
     def __init__(self, module: nn.Module, plan, fetch: Callable[[list[int]], dict], cfg: LoopConfig, env: DistEnv,
@@ -306,37 +703,56 @@ class Trainer:
             "seed": self.cfg.seed,
             "objective": getattr(self.module, "objective", None),
             "model_config": self.module.config.to_dict(),
+            "schedule": {"lr": self.cfg.lr, "warmup_steps": self.cfg.warmup_steps, "max_steps": self.cfg.max_steps},
             "run": self.run_info,
         }
 
     def _export(self, directory: Path) -> None:
+        """Model and tokenizer into a new directory ``directory``."""
         if directory.exists():
-            shutil.rmtree(directory)
+            _rmtree(directory)
         directory.mkdir(parents=True)
         self.module.save_pretrained(directory)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory))
 
+    def _write_temp_dir(self, tmp: Path, state: dict | None = None) -> None:
+        """Export (and the trainer state, last) into ``tmp``; on an error it is removed (a kill leaves it)."""
+        with _disk_errors(tmp):
+            try:
+                self._export(tmp)
+                if state is not None:
+                    torch.save(state, tmp / TRAINER_STATE)  # its presence marks a complete checkpoint
+                _sync_tree(tmp)
+            except Exception:
+                _rmtree(tmp)
+                raise
+
     def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoints/step-N`` atomically (temporary directory, then rename) on rank 0."""
+        """Write ``checkpoints/step-N`` on rank 0 so that a kill at any moment leaves the earlier checkpoints.
+
+        The files go to a temporary directory, which is renamed to ``step-N``. A ``step-N`` already there
+        (a re-save of the step) is first moved aside to ``.old-step-N-<pid>``, which :func:`checkpoint_dirs`
+        still lists until the new one is in place. Checkpoints beyond ``keep_checkpoints`` are deleted only
+        then, each renamed away first (:func:`discard`): there is always a complete checkpoint.
+        """
         state = self._state()  # every rank takes part (RNG states are gathered)
-        target = self.output_dir / CHECKPOINTS / f"step-{self.step:07d}"
+        root = self.output_dir / CHECKPOINTS
+        target = root / f"step-{self.step:07d}"
         if self.env.is_main:
-            tmp = self.output_dir / CHECKPOINTS / f".tmp-step-{self.step:07d}-{os.getpid()}"
-            self._export(tmp)
-            state_tmp = tmp / (TRAINER_STATE + ".tmp")
-            torch.save(state, state_tmp)
-            state_tmp.replace(tmp / TRAINER_STATE)  # its presence marks a complete checkpoint
+            tmp = root / f"{_TEMP}{target.name}-{os.getpid()}"
+            self._write_temp_dir(tmp, state)
             if target.exists():
-                old = target.with_name(f".old-{target.name}-{os.getpid()}")
-                target.replace(old)
-                tmp.replace(target)
-                shutil.rmtree(old, ignore_errors=True)
+                old = root / f"{_OLD}{target.name}-{os.getpid()}"
+                _replace(target, old)
+                _replace(tmp, target)
+                discard(old)
             else:
-                tmp.replace(target)
+                _replace(tmp, target)
+            _fsync(root)
             if self.cfg.keep_checkpoints > 0:
                 for stale in checkpoint_dirs(self.output_dir)[:-self.cfg.keep_checkpoints]:
-                    shutil.rmtree(stale, ignore_errors=True)
+                    discard(stale)
         self.env.barrier()
         return target if self.env.is_main else None
 
@@ -346,7 +762,7 @@ class Trainer:
         state_path = directory / TRAINER_STATE
         if not state_path.is_file():
             raise SystemExit(f"error: {directory} is not a complete training checkpoint (no {TRAINER_STATE})")
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = load_trainer_state(state_path)
         if state.get("objective") != getattr(self.module, "objective", None):
             raise SystemExit(f"error: checkpoint {directory} is from a {state.get('objective')!r} run, "
                              f"this run is {getattr(self.module, 'objective', None)!r}")
@@ -366,6 +782,23 @@ class Trainer:
         else:
             set_seed(self.cfg.seed + 1000 * self.env.rank + state["step"])
         self.step = int(state["step"])
+        self._schedule_from(self.step, state.get("schedule") or {})
+
+    def _schedule_from(self, step: int, saved: dict) -> None:
+        """Set the next step's learning rate from this run's schedule (see the class docstring)."""
+        cfg = self.cfg
+        self.scheduler.base_lrs = [cfg.lr] * len(self.optimizer.param_groups)
+        factor = self.scheduler.lr_lambdas[0](step)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["initial_lr"] = base
+            group["lr"] = base * factor  # as LambdaLR computes it: the same float as an uninterrupted run
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        now = {"lr": cfg.lr, "warmup_steps": cfg.warmup_steps, "max_steps": cfg.max_steps}
+        changed = {k: (saved[k], v) for k, v in now.items() if k in saved and saved[k] != v}
+        if changed and step < cfg.max_steps:
+            self.log("note: the learning-rate schedule follows this run's "
+                     + ", ".join(f"{k}={v} (the checkpoint's run had {old})" for k, (old, v) in changed.items())
+                     + f": step {step + 1} trains at lr {self.optimizer.param_groups[0]['lr']:.3g}")
 
     def _prepare_metrics(self) -> None:
         if not self.env.is_main:
@@ -383,12 +816,13 @@ class Trainer:
                     kept.append(line)
                     if record.get("type", "train") == "train":
                         self.history.append(record)
-            path.write_text("".join(k + "\n" for k in kept))
+            write_atomic(path, "".join(k + "\n" for k in kept))
 
     def _write_metrics(self, record: dict) -> None:
         if self.env.is_main:
-            with open(self.output_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            path = self.output_dir / METRICS_FILE
+            with _disk_errors(path):
+                _append_line(path, json.dumps(record))
 
     def _run_eval(self) -> dict | None:
         if self.evaluate is None:
@@ -406,7 +840,22 @@ class Trainer:
         return result
 
     def train(self, resume_from: Path | None = None) -> dict:
-        """Train to ``cfg.max_steps`` (on from the checkpoint ``resume_from``), save, and return a summary."""
+        """Train to ``cfg.max_steps`` (on from the checkpoint ``resume_from``), save, and return a summary.
+
+        Rank 0 holds the output directory's lock meanwhile (:func:`claim_output_dir`)."""
+        if not self.env.is_main:
+            return self._train(resume_from)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with _user_error(OutputDirLocked):
+            claim_output_dir(self.output_dir, log=self.log)
+        try:
+            if resume_from is not None and Path(resume_from).name.startswith(_OLD) and not Path(resume_from).exists():
+                resume_from = Path(resume_from).with_name(_old_name(Path(resume_from).name))  # restored by the claim
+            return self._train(resume_from)
+        finally:
+            release_output_dir(self.output_dir)
+
+    def _train(self, resume_from: Path | None) -> dict:
         if resume_from is not None:
             self.load_checkpoint(resume_from)
             self.log(f"resumed from {resume_from} at step {self.step}")
@@ -502,17 +951,33 @@ class Trainer:
                                                   or (not cfg.eval_every and epoch_done) or self.step == cfg.max_steps)
 
     def save_final(self) -> None:
-        """The final model (Hugging Face layout + tokenizer) in the output directory, and the loss curve."""
+        """The final model (Hugging Face layout + tokenizer) in the output directory, and the loss curve.
+
+        Complete as a set or marked incomplete: the files are written to a temporary directory; then
+        ``FINAL_SAVE_INCOMPLETE`` is created, the files are moved over the previous ones (each appears
+        whole) and the marker is deleted last. After a kill in between the marker stays (the model files
+        may then come from different saves) and the next claim of the directory reports it; resuming the
+        run writes the final model again.
+        """
         if self.env.is_main:
-            tmp = self.output_dir / f".tmp-final-{os.getpid()}"
-            self._export(tmp)
+            tmp = self.output_dir / f"{_TEMP}final-{os.getpid()}"
+            self._write_temp_dir(tmp)
+            marker = self.output_dir / FINAL_INCOMPLETE
+            write_atomic(marker, f"The final model in this directory is incomplete: its save at step {self.step} "
+                                 "was interrupted, so its files may come from different steps. Resume the run "
+                                 "(convbert-train ... --resume) to write it again.\n")
+            targets = {self.output_dir}
             for path in sorted(tmp.rglob("*"), key=lambda p: len(p.parts)):
                 dest = self.output_dir / path.relative_to(tmp)
                 if path.is_dir():
                     dest.mkdir(parents=True, exist_ok=True)
+                    targets.add(dest)
                 else:
-                    path.replace(dest)  # each file appears whole
-            shutil.rmtree(tmp, ignore_errors=True)
+                    _replace(path, dest)  # each file appears whole
+            for directory in targets:
+                _fsync(directory)
+            _rmtree(tmp)
+            _unlink(marker)
             plot_loss_curve(self.history, self.output_dir / LOSS_CURVE, log=self.log)
         self.env.barrier()
 
@@ -546,8 +1011,9 @@ def plot_loss_curve(history: list[dict], path: Path, log: Callable[[str], None] 
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    tmp = path.with_name(f"{_TEMP}{path.stem}-{os.getpid()}{path.suffix}")
+    with _disk_errors(path):
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        _replace(tmp, path)
     return path
