@@ -997,7 +997,7 @@ def plot_loss_curve(history: list[dict], path: Path, log: Callable[[str], None] 
         return None
     by_step = {r["step"]: r for r in history}
     steps = sorted(by_step)
-    keys = [k for k in ("loss", "gen_loss", "disc_loss") if k in by_step[steps[-1]]]
+    keys = [k for k in ("loss", "total_loss", "disc_loss") if k in by_step[steps[-1]]]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         ys = np.array([by_step[s].get(key, np.nan) for s in steps], dtype=float)
