@@ -33,53 +33,62 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _check(condition, message) -> None:
+    """``torch._check``, with a shortcut for a condition that is plainly true: the real Triton ops run
+    these checks before every launch, where torch._check costs a few microseconds each. Symbolic
+    conditions (tracing with dynamic shapes) and failures still go through torch._check."""
+    if condition is True:
+        return
+    torch._check(condition, message)
+
+
 def _check_like(t, values, name):
-    torch._check(t.device == values.device, lambda: f"{name} is on {t.device} but values is on {values.device}")
-    torch._check(t.dtype == values.dtype, lambda: f"{name} has dtype {t.dtype} but values has {values.dtype}")
+    _check(t.device == values.device, lambda: f"{name} is on {t.device} but values is on {values.device}")
+    _check(t.dtype == values.dtype, lambda: f"{name} has dtype {t.dtype} but values has {values.dtype}")
 
 
 def _check_heads(values, num_heads, rows) -> int:
     """Check values [B, L, C] against ``rows = n * K`` logits per token; return K."""
-    torch._check(values.is_floating_point(), lambda: f"values must be a floating tensor, got {values.dtype}")
-    torch._check(values.dim() == 3, lambda: f"values must be [B, L, C], got {tuple(values.shape)}")
-    torch._check(num_heads >= 1, lambda: f"num_heads must be positive, got {num_heads}")
-    torch._check(values.shape[2] % num_heads == 0,
+    _check(values.is_floating_point(), lambda: f"values must be a floating tensor, got {values.dtype}")
+    _check(values.dim() == 3, lambda: f"values must be [B, L, C], got {tuple(values.shape)}")
+    _check(num_heads >= 1, lambda: f"num_heads must be positive, got {num_heads}")
+    _check(values.shape[2] % num_heads == 0,
                  lambda: f"C={values.shape[2]} is not divisible by num_heads={num_heads}")
-    torch._check(rows % num_heads == 0 and (rows // num_heads) % 2 == 1,
+    _check(rows % num_heads == 0 and (rows // num_heads) % 2 == 1,
                  lambda: f"the kernel dimension {rows} is not num_heads * K with K odd")
     return rows // num_heads
 
 
 def _check_mask(padding_mask, values):
     if padding_mask is not None:
-        torch._check(padding_mask.dim() == 2 and tuple(padding_mask.shape) == tuple(values.shape[:2]),
+        _check(padding_mask.dim() == 2 and tuple(padding_mask.shape) == tuple(values.shape[:2]),
                      lambda: f"padding_mask must be [B, L] = {list(values.shape[:2])}, got {tuple(padding_mask.shape)}")
-        torch._check(padding_mask.device == values.device,
+        _check(padding_mask.device == values.device,
                      lambda: f"padding_mask is on {padding_mask.device} but values is on {values.device}")
 
 
 def _check_span(query, key_conv, values, weight, bias, num_heads, padding_mask) -> int:
-    torch._check(query.dim() == 3 and query.shape == key_conv.shape, lambda: "query and key_conv must be [B, L, A]")
-    torch._check(query.shape[:2] == values.shape[:2], lambda: "query and values must share [B, L]")
-    torch._check(weight.dim() == 2 and weight.shape[1] == query.shape[2], lambda: "weight must be [n*K, A]")
+    _check(query.dim() == 3 and query.shape == key_conv.shape, lambda: "query and key_conv must be [B, L, A]")
+    _check(query.shape[:2] == values.shape[:2], lambda: "query and values must share [B, L]")
+    _check(weight.dim() == 2 and weight.shape[1] == query.shape[2], lambda: "weight must be [n*K, A]")
     for t, name in ((query, "query"), (key_conv, "key_conv"), (weight, "weight")):
         _check_like(t, values, name)
     kernel_size = _check_heads(values, num_heads, weight.shape[0])
     if bias is not None:
         _check_like(bias, values, "bias")
-        torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0], lambda: "bias must be [n*K]")
+        _check(bias.dim() == 1 and bias.shape[0] == weight.shape[0], lambda: "bias must be [n*K]")
     _check_mask(padding_mask, values)
     return kernel_size
 
 
 def _check_probs(probs, values, num_heads, kernel_size):
     expected = (*values.shape[:2], num_heads, kernel_size)
-    torch._check(probs.dim() == 4 and tuple(probs.shape) == expected,
+    _check(probs.dim() == 4 and tuple(probs.shape) == expected,
                  lambda: f"probs must be [B, L, n, K] = {list(expected)}, got {tuple(probs.shape)} "
                          "(run the forward with save_probs=True)")
-    torch._check(probs.dtype == acc_dtype(values.dtype),
+    _check(probs.dtype == acc_dtype(values.dtype),
                  lambda: f"probs must be {acc_dtype(values.dtype)}, got {probs.dtype}")
-    torch._check(probs.device == values.device, lambda: "probs must be on the device of values")
+    _check(probs.device == values.device, lambda: "probs must be on the device of values")
 
 
 def _new_probs(values, num_heads, kernel_size, save_probs):
@@ -99,12 +108,12 @@ def check_span_fwd(query, key_conv, values, weight, bias, num_heads, padding_mas
 def check_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask) -> None:
     kernel_size = _check_span(query, key_conv, values, weight, None, num_heads, padding_mask)
     _check_probs(probs, values, num_heads, kernel_size)
-    torch._check(grad_out.shape == values.shape, lambda: "grad_out must have the shape of values")
+    _check(grad_out.shape == values.shape, lambda: "grad_out must have the shape of values")
 
 
 def check_dynamic_fwd(values, logits, num_heads, padding_mask) -> int:
     """Check a ``*_dynamic_fwd`` call; return K."""
-    torch._check(logits.dim() == 3 and logits.shape[:2] == values.shape[:2],
+    _check(logits.dim() == 3 and logits.shape[:2] == values.shape[:2],
                  lambda: "logits must be [B, L, n*K] with the values' B and L")
     _check_like(logits, values, "logits")
     kernel_size = _check_heads(values, num_heads, logits.shape[2])
@@ -113,11 +122,11 @@ def check_dynamic_fwd(values, logits, num_heads, padding_mask) -> int:
 
 
 def check_dynamic_bwd(grad_out, values, probs, num_heads, padding_mask) -> None:
-    torch._check(probs.dim() == 4, lambda: f"probs must be [B, L, n, K], got {tuple(probs.shape)} "
+    _check(probs.dim() == 4, lambda: f"probs must be [B, L, n, K], got {tuple(probs.shape)} "
                                            "(run the forward with save_probs=True)")
     kernel_size = _check_heads(values, num_heads, num_heads * probs.shape[3])
     _check_probs(probs, values, num_heads, kernel_size)
-    torch._check(grad_out.shape == values.shape, lambda: "grad_out must have the shape of values")
+    _check(grad_out.shape == values.shape, lambda: "grad_out must have the shape of values")
     _check_mask(padding_mask, values)
 
 
