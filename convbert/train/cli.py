@@ -472,13 +472,12 @@ def _held_out_eval(args, env, module, held, n_docs: int, step: int, output_dir: 
         return None
     result = None
     if env.is_main:
-        from .loop import METRICS_FILE
+        from .loop import append_metrics
 
         held = {k: v[:HELD_OUT_BLOCKS] for k, v in held.items()}
         module.to(env.device)
         result = module.evaluate_masked_lm(held, batch_size=2 * args.batch_size, seed=args.seed)
-        with open(output_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps({"type": "eval", "step": step, **result}) + "\n")
+        append_metrics(output_dir, {"type": "eval", "step": step, **result})
 
         def was(key: str) -> str:
             return f" (step 0: {before[key]:.4f})" if before else ""

@@ -317,6 +317,13 @@ def write_atomic(path: Path, data: str | bytes) -> None:
             raise
 
 
+def append_metrics(output_dir: Path, record: dict) -> None:
+    """Append one record to the run's metrics log (a kill can tear only that last line)."""
+    path = Path(output_dir) / METRICS_FILE
+    with _disk_errors(path):
+        _append_line(path, json.dumps(record))
+
+
 def discard(path: Path) -> None:
     """Delete a file or directory so that it is never seen half deleted: renamed to a temporary name
     first (a kill during the deletion leaves only that name, which the next claim removes)."""
@@ -820,9 +827,7 @@ class Trainer:
 
     def _write_metrics(self, record: dict) -> None:
         if self.env.is_main:
-            path = self.output_dir / METRICS_FILE
-            with _disk_errors(path):
-                _append_line(path, json.dumps(record))
+            append_metrics(self.output_dir, record)
 
     def _run_eval(self) -> dict | None:
         if self.evaluate is None:
