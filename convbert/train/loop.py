@@ -280,12 +280,13 @@ def _free_bytes(path: Path) -> int | None:
 def _disk_errors(path: Path):
     """Turn a failed write for lack of space into a :class:`DiskFullError` naming ``path`` and the free space.
 
-    ``ENOSPC``/``EDQUOT``, a message saying so (safetensors), or a ``RuntimeError`` (torch.save reports a
-    full disk as ``[enforce fail at inline_container.cc]``) while the device has less than 64 MiB free.
+    ``ENOSPC``/``EDQUOT``, a message saying so (safetensors, whatever its error type), or a
+    ``RuntimeError`` (torch.save reports a full disk as ``[enforce fail at inline_container.cc]``) while
+    the device has less than 64 MiB free.
     """
     try:
         yield
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:
         text = str(exc)
         free = _free_bytes(path)
         full = ((isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
@@ -298,10 +299,6 @@ def _disk_errors(path: Path):
                             f"{text.strip().splitlines()[0] if text.strip() else type(exc).__name__}). Free some "
                             "space (or keep fewer checkpoints with --keep-checkpoints), then continue with "
                             "--resume") from exc
-    except Exception as exc:  # e.g. safetensors' own error type
-        if "no space left" in str(exc).lower() or "storagefull" in str(exc).lower():
-            raise DiskFullError(f"error: no space left on the device while writing {path}: {exc}") from exc
-        raise
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
