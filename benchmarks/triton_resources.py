@@ -59,6 +59,11 @@ class Case:
     bias: bool = True
     int64: bool = False  # force the 64-bit-offset variant (taken for tensors past 2^31 elements)
     tf32: bool = False  # fp32 with torch's TF32 switch on
+    causal: bool = False  # padding_l = K - 1 (decoders) rather than the centred window
+
+    @property
+    def padding_l(self) -> int:
+        return self.taps - 1 if self.causal else (self.taps - 1) // 2
 
 
 def cases() -> list[Case]:
@@ -74,6 +79,10 @@ def cases() -> list[Case]:
             for save in (True, False):
                 out.append(Case("bench base", 32, 512, 384, 384, 6, 9, dtype, mask=mask, save_probs=save))
     out.append(Case("bench base L=4096", 8, 4096, 384, 384, 6, 9, torch.bfloat16))
+    # the window benchmark's causal op (a constexpr of its own), K = 7 and 31, d = 64
+    for dtype in dtypes:
+        for taps in (7, 31):
+            out.append(Case("causal window", 8, 1024, 512, 512, 8, taps, dtype, causal=True))
     out.append(Case("bench base, TF32", 32, 512, 384, 384, 6, 9, torch.float32, tf32=True))
     # the model benchmark and training at every published size
     for size, kwargs in MODEL_SIZES.items():
@@ -193,13 +202,13 @@ def _inputs(case: Case):
 def _run_launchers(k, case: Case) -> None:
     """Every launcher the backend's ops call for this case: span and dynamic, forward and backward."""
     q, kc, v, w, b, mask = _inputs(case)
-    out, probs = k.span_forward(q, kc, v, w, b, case.heads, mask, case.save_probs)
+    out, probs = k.span_forward(q, kc, v, w, b, case.heads, case.padding_l, mask, case.save_probs)
     logits = torch.zeros(case.batch, case.length, case.heads * case.taps, dtype=case.dtype)
-    k.dynamic_forward(v, logits, case.heads, mask, case.save_probs)
+    k.dynamic_forward(v, logits, case.heads, case.padding_l, mask, case.save_probs)
     if case.save_probs:  # the backward exists only where the forward saved probabilities
         probs = torch.rand(case.batch, case.length, case.heads, case.taps, dtype=probs.dtype)
-        k.span_backward(out, q, kc, v, w, probs, case.heads, mask)
-        k.window_backward(out, v, probs, case.heads, mask, case.dtype)
+        k.span_backward(out, q, kc, v, w, probs, case.heads, case.padding_l, mask)
+        k.window_backward(out, v, probs, case.heads, case.padding_l, mask, case.dtype)
 
 
 def collect(archs=(90, 80), progress=True) -> list[Specialisation]:

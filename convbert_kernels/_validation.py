@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -32,8 +34,23 @@ def check_num_heads(num_heads: object) -> int:
 
 
 def check_kernel_size(kernel_size: int, what: str) -> None:
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel size K must be odd and >= 1 (the window is centred), got K={kernel_size} {what}")
+    if kernel_size < 1:
+        raise ValueError(f"kernel size K must be >= 1, got K={kernel_size} {what}")
+
+
+def resolve_padding_l(padding_l: object, kernel_size: int) -> int:
+    """The window offset: ``None`` means ``(K - 1) // 2`` (centred); any int in ``[0, K - 1]``."""
+    if padding_l is None:
+        return (kernel_size - 1) // 2
+    if isinstance(padding_l, bool) or not hasattr(padding_l, "__index__"):
+        raise TypeError(f"padding_l must be an int in [0, K - 1] or None, got {type(padding_l).__name__}")
+    padding_l = operator.index(padding_l)
+    if not 0 <= padding_l <= kernel_size - 1:
+        raise ValueError(
+            f"padding_l must be in [0, K - 1] = [0, {kernel_size - 1}] (K={kernel_size}), got {padding_l}: "
+            "0 puts every tap on the future, K - 1 on the past (causal), (K - 1) // 2 centres the window"
+        )
+    return padding_l
 
 
 def normalize_padding_mask(padding_mask: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor | None:

@@ -20,13 +20,14 @@ class Backend:
     """One implementation of the two ops.
 
     Both callables receive inputs already checked by :mod:`convbert_kernels._validation`
-    (same device and dtype, consistent shapes, odd K, bool ``padding_mask`` or None) and must
-    support autograd with respect to every floating tensor input.
+    (same device and dtype, consistent shapes, K >= 1, ``padding_l`` an int in ``[0, K - 1]``, bool
+    ``padding_mask`` or None) and must support autograd with respect to every floating tensor input.
     """
 
     name: str
-    dynamic_conv: Callable[..., torch.Tensor]  # (values, logits, num_heads, padding_mask)
-    span_dynamic_conv: Callable[..., torch.Tensor]  # (query, key_conv, values, weight, bias, num_heads, padding_mask)
+    dynamic_conv: Callable[..., torch.Tensor]  # (values, logits, num_heads, padding_l, padding_mask)
+    # (query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask)
+    span_dynamic_conv: Callable[..., torch.Tensor]
     is_available: Callable[[torch.device], bool]
 
 

@@ -1,6 +1,6 @@
 """The eager backend: pure PyTorch, K shifted multiply-adds instead of ``unfold``.
 
-out[t] = sum_k p[t, k] * v[t + k - P], P = (K - 1) // 2, v = 0 outside [0, L).
+out[t] = sum_k p[t, k] * v[t + k - padding_l], v = 0 outside [0, L).
 
 Memory stays O(B*L*C): the values are zero-padded once along the sequence and each tap reads
 a shifted view of them. Softmax and accumulation run in at least float32. Autograd is PyTorch's.
@@ -14,18 +14,22 @@ import torch.nn.functional as F
 from .backends import Backend
 
 
-def dynamic_conv(values, logits, num_heads, padding_mask=None):
-    batch, length, channels = values.shape
-    head_size = channels // num_heads
-    kernel_size = logits.shape[-1] // num_heads
-    half = (kernel_size - 1) // 2
-    compute_dtype = torch.promote_types(values.dtype, torch.float32)
+def window_sum(values, probs, padding_l, padding_mask=None):
+    """``out[b, t, h] = sum_k probs[b, t, h, k] * values[b, t + k - padding_l, h]`` from given taps.
 
-    probs = torch.softmax(logits.reshape(batch, length, num_heads, kernel_size).to(compute_dtype), dim=-1)
-    v = values.reshape(batch, length, num_heads, head_size)
+    The window sum without the softmax, for callers that change the taps after it (DropConnect
+    in :class:`convbert_kernels.DynamicConv1d`). ``probs`` broadcasts to ``[B, L, n, K]`` (a
+    ``[n, K]`` kernel shared by every position is not expanded); ``values`` is ``[B, L, n * d]``.
+    Accumulates in ``probs``' dtype (at least float32); returns the values' dtype.
+    """
+    batch, length, channels = values.shape
+    num_heads, kernel_size = probs.shape[-2:]
+    compute_dtype = torch.promote_types(probs.dtype, torch.float32)
+    probs = probs.to(compute_dtype)
+    v = values.reshape(batch, length, num_heads, channels // num_heads)
     if padding_mask is not None:  # padded values are zeros, even inf or NaN ones
         v = v.masked_fill(~padding_mask[:, :, None, None], 0)
-    v = F.pad(v, (0, 0, 0, 0, half, half))  # [B, L + 2P, n, d]
+    v = F.pad(v, (0, 0, 0, 0, padding_l, kernel_size - 1 - padding_l))  # [B, L + K - 1, n, d]
 
     out = probs[..., 0:1] * v[:, 0:length]
     for k in range(1, kernel_size):
@@ -33,9 +37,17 @@ def dynamic_conv(values, logits, num_heads, padding_mask=None):
     return out.reshape(batch, length, channels).to(values.dtype)
 
 
-def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_mask=None):
+def dynamic_conv(values, logits, num_heads, padding_l, padding_mask=None):
+    batch, length, _channels = values.shape
+    kernel_size = logits.shape[-1] // num_heads
+    compute_dtype = torch.promote_types(values.dtype, torch.float32)
+    probs = torch.softmax(logits.reshape(batch, length, num_heads, kernel_size).to(compute_dtype), dim=-1)
+    return window_sum(values, probs, padding_l, padding_mask)
+
+
+def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask=None):
     logits = F.linear(key_conv * query, weight, bias)
-    return dynamic_conv(values, logits, num_heads, padding_mask)
+    return dynamic_conv(values, logits, num_heads, padding_l, padding_mask)
 
 
 BACKEND = Backend(

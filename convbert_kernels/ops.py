@@ -30,22 +30,28 @@ def dynamic_conv(
     logits: torch.Tensor,
     num_heads: int,
     *,
+    padding_l: int | None = None,
     padding_mask: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Span-based dynamic convolution from precomputed kernel logits.
 
     For every token ``t`` and head ``h`` the K logits are softmaxed and used as the taps of a
-    centred window over the sequence::
+    window over the sequence that starts ``padding_l`` tokens before ``t``::
 
-        out[b, t, h, :] = sum_k softmax(logits[b, t, h, :])[k] * values[b, t + k - (K-1)//2, h, :]
+        out[b, t, h, :] = sum_k softmax(logits[b, t, h, :])[k] * values[b, t + k - padding_l, h, :]
 
     with values taken as zero outside ``[0, L)``.
 
     Args:
         values: ``[B, L, C]``, ``C = num_heads * d``.
-        logits: ``[B, L, num_heads * K]``, pre-softmax, ``K`` odd.
+        logits: ``[B, L, num_heads * K]``, pre-softmax. Any strides: a kernel shared by every
+            position may be passed as an expanded (stride-0) view, which the native and Triton
+            backends read in place (reference and eager expand it).
         num_heads: number of convolution heads ``n``.
+        padding_l: taps before the token: ``None`` (default) is ``(K - 1) // 2``, ConvBERT's centred
+            window (for even K, one more tap after the token than before); ``K - 1`` is causal
+            (every tap on the past, as a decoder needs); any int in ``[0, K - 1]``.
         padding_mask: optional ``[B, L]``, 1 (or True) for tokens, 0 for padding; values at padded
             positions then count as zero.
         backend: ``"auto"`` (fastest available for the inputs' device) or one of
@@ -60,13 +66,15 @@ def dynamic_conv(
     (``create_graph=True``) exist on ``eager`` and ``reference``; the compiled backends raise.
 
     Raises:
-        ValueError: inconsistent shapes, devices or dtypes, even K, or an unavailable backend.
+        ValueError: inconsistent shapes, devices or dtypes, ``padding_l`` outside ``[0, K - 1]``, or an
+            unavailable backend.
     """
-    _validation.check_dynamic_conv(values, logits, num_heads)
+    kernel_size = _validation.check_dynamic_conv(values, logits, num_heads)
+    padding_l = _validation.resolve_padding_l(padding_l, kernel_size)
     mask = _validation.normalize_padding_mask(padding_mask, values)
     impl = resolve_backend(backend, values.device)
     with _without_autocast(values.device):
-        return impl.dynamic_conv(values, logits, num_heads, mask)
+        return impl.dynamic_conv(values, logits, num_heads, padding_l, mask)
 
 
 def span_dynamic_conv(
@@ -77,6 +85,7 @@ def span_dynamic_conv(
     bias: torch.Tensor | None,
     num_heads: int,
     *,
+    padding_l: int | None = None,
     padding_mask: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -90,9 +99,10 @@ def span_dynamic_conv(
         query: ``[B, L, A]`` (the query projection, bias included).
         key_conv: ``[B, L, A]`` (the separable convolution of the hidden states).
         values: ``[B, L, C]`` (``conv_out_layer`` of the hidden states), ``C = num_heads * d``.
-        weight: ``[num_heads * K, A]`` (``conv_kernel_layer.weight``), ``K`` odd.
+        weight: ``[num_heads * K, A]`` (``conv_kernel_layer.weight``).
         bias: ``[num_heads * K]`` or None.
         num_heads: number of convolution heads ``n``.
+        padding_l: the window offset, as for :func:`dynamic_conv` (default: centred).
         padding_mask: optional ``[B, L]`` (1 = token, 0 = padding); padded values count as zero.
         backend: ``"auto"`` or one of :func:`available_backends`.
 
@@ -102,10 +112,12 @@ def span_dynamic_conv(
         Edge cases as for :func:`dynamic_conv`; with A = 0 the logits are the bias alone.
 
     Raises:
-        ValueError: inconsistent shapes, devices or dtypes, even K, or an unavailable backend.
+        ValueError: inconsistent shapes, devices or dtypes, ``padding_l`` outside ``[0, K - 1]``, or an
+            unavailable backend.
     """
-    _validation.check_span_dynamic_conv(query, key_conv, values, weight, bias, num_heads)
+    kernel_size = _validation.check_span_dynamic_conv(query, key_conv, values, weight, bias, num_heads)
+    padding_l = _validation.resolve_padding_l(padding_l, kernel_size)
     mask = _validation.normalize_padding_mask(padding_mask, values)
     impl = resolve_backend(backend, values.device)
     with _without_autocast(values.device):
-        return impl.span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, mask)
+        return impl.span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_l, mask)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .backends import Backend
 
 
-def dynamic_conv(values, logits, num_heads, padding_mask=None):
+def dynamic_conv(values, logits, num_heads, padding_l, padding_mask=None):
     batch, length, channels = values.shape
     head_size = channels // num_heads
     kernel_size = logits.shape[-1] // num_heads
@@ -21,17 +21,16 @@ def dynamic_conv(values, logits, num_heads, padding_mask=None):
     if padding_mask is not None:  # padded values are zeros, even inf or NaN ones
         values = values.masked_fill(~padding_mask.unsqueeze(-1), 0)
     probs = torch.softmax(logits.reshape(rows, kernel_size, 1), dim=1)  # [B*L*n, K, 1]
-    # [B, L + K, C] -> unfold -> [B, L, C, K]: the zero-padded window around each token (one
-    # spare row of padding, so that L = 0 still unfolds)
-    half = (kernel_size - 1) // 2
-    windows = F.pad(values, (0, 0, half, half + 1)).unfold(1, kernel_size, 1)[:, :length]
+    # [B, L + K, C] -> unfold -> [B, L, C, K]: tap k of token t reads t + k - padding_l (one spare
+    # row of padding, so that L = 0 still unfolds)
+    windows = F.pad(values, (0, 0, padding_l, kernel_size - padding_l)).unfold(1, kernel_size, 1)[:, :length]
     windows = windows.reshape(rows, head_size, kernel_size)  # [B*L*n, d, K], a K-times larger copy
     return torch.matmul(windows, probs).reshape(batch, length, channels)
 
 
-def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_mask=None):
+def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask=None):
     logits = F.linear(key_conv * query, weight, bias)
-    return dynamic_conv(values, logits, num_heads, padding_mask)
+    return dynamic_conv(values, logits, num_heads, padding_l, padding_mask)
 
 
 BACKEND = Backend(

@@ -1,7 +1,7 @@
 """Triton kernels for the span-based dynamic convolution, and the functions that launch them.
 
-Notation: B batch, L sequence, A = query width, C = n * d value width, n heads, K odd taps,
-P = (K - 1) // 2. The forward and window-backward kernels work on a tile of tokens and a group
+Notation: B batch, L sequence, A = query width, C = n * d value width, n heads, K taps, P = padding_l
+(tap k of token t reads value t + k - P; (K - 1) // 2 centres the window, K - 1 is causal). The forward and window-backward kernels work on a tile of tokens and a group
 of heads (all heads unless C is very wide: then a second grid axis splits them into groups of
 at most 512 padded channels and the fused projection is computed per group).
 
@@ -77,11 +77,10 @@ def _fwd_kernel(
     L, A, C, H, D, T_TILES,
     s_qb, s_ql, s_qa, s_kb, s_kl, s_ka, s_wr, s_wa,
     s_gb, s_gl, s_gc, s_vb, s_vl, s_vc, s_mb, s_ml,
-    K: tl.constexpr, FUSED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+    K: tl.constexpr, P: tl.constexpr, FUSED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     SAVE_PROBS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, N_PAD: tl.constexpr, K_PAD: tl.constexpr,
     D_PAD: tl.constexpr, INT64: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
 ):
-    P: tl.constexpr = (K - 1) // 2
     NKP: tl.constexpr = N_PAD * K_PAD
     # grid axis 0 runs over (batch, token tile) pairs: axis 1 is capped at 65535 by CUDA
     pid_t = tl.program_id(0) % T_TILES
@@ -167,10 +166,9 @@ def _bwd_window_kernel(
     g_ptr, v_ptr, probs_ptr, mask_ptr, dv_ptr, dl_ptr,
     L, C, H, D, T_TILES,
     s_gb, s_gl, s_gc, s_vb, s_vl, s_vc, s_mb, s_ml,
-    K: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
+    K: tl.constexpr, P: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
     K_PAD: tl.constexpr, D_PAD: tl.constexpr, INT64: tl.constexpr, ACC: tl.constexpr,
 ):
-    P: tl.constexpr = (K - 1) // 2
     pid_t = tl.program_id(0) % T_TILES
     b = (tl.program_id(0) // T_TILES).to(tl.int64)
     h0 = tl.program_id(1) * N_PAD  # first head of this program's head group
@@ -516,7 +514,7 @@ def _run(kernel, grid, args, options):
 # ---------------------------------------------------------------------------------------------
 
 
-def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_mask, save_probs):
+def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_l, padding_mask, save_probs):
     _check_interpretable(values.dtype, values.device)
     batch, length, channels = values.shape
     fused = logits is None
@@ -552,7 +550,7 @@ def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_m
         q, kc, w, bias if bias is not None else values, lg, values, mask_t, out, probs,
         length, a_dim, channels, num_heads, head_size, tiles,
         *q_strides, *kc_strides, *w_strides, *lg_strides, *values.stride(), s_mb, s_ml,
-        K=kernel_size, FUSED=fused, HAS_BIAS=bias is not None, HAS_MASK=has_mask, SAVE_PROBS=save_probs,
+        K=kernel_size, P=padding_l, FUSED=fused, HAS_BIAS=bias is not None, HAS_MASK=has_mask, SAVE_PROBS=save_probs,
         BLOCK_T=block_t, BLOCK_A=block_a, N_PAD=n_pad, K_PAD=k_pad, D_PAD=d_pad,
         INT64=int64, PREC=_dot_precision(values.dtype), ACC=acc_tl,
         num_warps=num_warps,
@@ -560,12 +558,13 @@ def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_m
     return out, probs
 
 
-def span_forward(query, key_conv, values, weight, bias, num_heads, padding_mask, save_probs=True):
+def span_forward(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, save_probs=True):
     """Fused forward of ``span_dynamic_conv``.
 
     Args:
         query, key_conv: ``[B, L, A]``; values: ``[B, L, C]``; weight: ``[n*K, A]``;
-        bias: ``[n*K]`` or None; padding_mask: bool ``[B, L]`` or None. Any strides.
+        bias: ``[n*K]`` or None; padding_l: the window offset in ``[0, K - 1]``;
+        padding_mask: bool ``[B, L]`` or None. Any strides.
         save_probs: write the probabilities for a backward pass (skip it for inference).
 
     Returns:
@@ -573,15 +572,16 @@ def span_forward(query, key_conv, values, weight, bias, num_heads, padding_mask,
         taps ``probs`` ``[B, L, n, K]`` in fp32 (fp64 for fp64 inputs), kept for the backward;
         ``probs`` is an empty ``[0]`` tensor when ``save_probs`` is False.
     """
-    return _forward(query, key_conv, values, weight, bias, None, num_heads, padding_mask, save_probs)
+    return _forward(query, key_conv, values, weight, bias, None, num_heads, padding_l, padding_mask, save_probs)
 
 
-def dynamic_forward(values, logits, num_heads, padding_mask, save_probs=True):
-    """Forward of ``dynamic_conv`` from given logits ``[B, L, n*K]``; returns ``(out, probs)``."""
-    return _forward(None, None, values, None, None, logits, num_heads, padding_mask, save_probs)
+def dynamic_forward(values, logits, num_heads, padding_l, padding_mask, save_probs=True):
+    """Forward of ``dynamic_conv`` from given logits ``[B, L, n*K]`` (any strides: an expanded
+    kernel shared by every position is read in place); returns ``(out, probs)``."""
+    return _forward(None, None, values, None, None, logits, num_heads, padding_l, padding_mask, save_probs)
 
 
-def window_backward(grad_out, values, probs, num_heads, padding_mask, d_logits_dtype):
+def window_backward(grad_out, values, probs, num_heads, padding_l, padding_mask, d_logits_dtype):
     """Gradients through the softmax and the window sum.
 
     Returns:
@@ -609,7 +609,7 @@ def window_backward(grad_out, values, probs, num_heads, padding_mask, d_logits_d
         grad_out, values, probs, mask_t, d_values, d_logits,
         length, channels, num_heads, head_size, tiles,
         *grad_out.stride(), *values.stride(), s_mb, s_ml,
-        K=kernel_size, HAS_MASK=has_mask, BLOCK_T=block_t, N_PAD=n_pad, K_PAD=k_pad, D_PAD=d_pad,
+        K=kernel_size, P=padding_l, HAS_MASK=has_mask, BLOCK_T=block_t, N_PAD=n_pad, K_PAD=k_pad, D_PAD=d_pad,
         INT64=int64, ACC=acc_tl, num_warps=num_warps,
     )
     return d_values, d_logits
@@ -665,9 +665,9 @@ def projection_backward(d_logits, query, key_conv, weight, num_heads):
     return d_query, d_key_conv, d_weight, d_bias
 
 
-def span_backward(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask):
+def span_backward(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask):
     """Backward of ``span_dynamic_conv``: ``(d_query, d_key_conv, d_values, d_weight, d_bias)``."""
-    d_values, d_logits = window_backward(grad_out, values, probs, num_heads, padding_mask, probs.dtype)
+    d_values, d_logits = window_backward(grad_out, values, probs, num_heads, padding_l, padding_mask, probs.dtype)
     d_query, d_key_conv, d_weight, d_bias = projection_backward(d_logits, query, key_conv, weight, num_heads)
     return d_query, d_key_conv, d_values, d_weight, d_bias
 

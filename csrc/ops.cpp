@@ -2,15 +2,17 @@
 //
 // Four ops in the namespace convbert_kernels, with the signatures of the Triton backend's
 // triton_* ops (convbert_kernels/triton_backend.py):
-//   native_span_fwd(query, key_conv, values, weight, bias?, num_heads, padding_mask?, save_probs)
+//   native_span_fwd(query, key_conv, values, weight, bias?, num_heads, padding_l, padding_mask?, save_probs)
 //       -> (out, probs)
-//   native_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask?)
+//   native_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask?)
 //       -> (d_query, d_key_conv, d_values, d_weight, d_bias)
-//   native_dynamic_fwd(values, logits, num_heads, padding_mask?, save_probs) -> (out, probs)
-//   native_dynamic_bwd(grad_out, values, probs, num_heads, padding_mask?) -> (d_values, d_logits)
-// probs is the softmaxed kernel, [B, L, n, K] in float32 (float64 for float64 inputs), returned
-// for the backward; an empty [0] tensor when save_probs is false. Autograd and fake (meta)
-// implementations are registered in Python (convbert_kernels/native.py).
+//   native_dynamic_fwd(values, logits, num_heads, padding_l, padding_mask?, save_probs) -> (out, probs)
+//   native_dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mask?) -> (d_values, d_logits)
+// Tap k of token t reads value t + k - padding_l, 0 <= padding_l <= K - 1 (the public Python ops
+// resolve their default None to the centred (K - 1) / 2). probs is the softmaxed kernel,
+// [B, L, n, K] in float32 (float64 for float64 inputs), returned for the backward; an empty [0]
+// tensor when save_probs is false. Autograd and fake (meta) implementations are registered in
+// Python (convbert_kernels/_compiled_ops.py, for this backend and the Triton one).
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -60,10 +62,14 @@ int64_t check_heads(const Tensor& values, int64_t num_heads, int64_t R) {
   TORCH_CHECK(values.dim() == 3, "values must be [B, L, C], got ", values.sizes());
   TORCH_CHECK(num_heads >= 1, "num_heads must be positive, got ", num_heads);
   TORCH_CHECK(values.size(2) % num_heads == 0, "C=", values.size(2), " is not divisible by num_heads=", num_heads);
-  TORCH_CHECK(R % num_heads == 0, "the kernel dimension ", R, " is not num_heads * K");
-  const int64_t K = R / num_heads;
-  TORCH_CHECK(K >= 1 && K % 2 == 1, "K must be odd and >= 1, got ", K);
-  return K;
+  TORCH_CHECK(R % num_heads == 0 && R / num_heads >= 1, "the kernel dimension ", R,
+              " is not num_heads * K with K >= 1");
+  return R / num_heads;
+}
+
+void check_padding_l(int64_t padding_l, int64_t K) {
+  TORCH_CHECK(padding_l >= 0 && padding_l <= K - 1, "padding_l must be in [0, K - 1] = [0, ", K - 1, "] (K=", K,
+              "), got ", padding_l);
 }
 
 Tensor prepare_mask(const std::optional<Tensor>& padding_mask, const Tensor& values) {
@@ -100,26 +106,38 @@ Tensor kernel_probs(const Tensor& probs, const Tensor& values) {
   return probs.dim() == 4 ? probs.view({values.size(0), values.size(1), probs.size(2) * probs.size(3)}) : Tensor();
 }
 
+// Whether every token's logits row [b, t, :] is the same memory: a kernel shared by all positions,
+// passed as an expanded view (strides (0, 0, 1), as LightweightConv1d does).
+bool is_token_broadcast(const Tensor& logits) {
+  return logits.size(0) >= 1 && logits.size(1) >= 1 && (logits.size(0) == 1 || logits.stride(0) == 0) &&
+         (logits.size(1) == 1 || logits.stride(1) == 0);
+}
+
 std::tuple<Tensor, Tensor> dynamic_fwd(const DeviceKernels& k, const Tensor& values, const Tensor& logits,
-                                       int64_t num_heads, const std::optional<Tensor>& padding_mask,
-                                       bool save_probs) {
+                                       int64_t num_heads, int64_t padding_l,
+                                       const std::optional<Tensor>& padding_mask, bool save_probs) {
   CONVBERT_NO_AUTOCAST();
   check_float(values, "values");
   TORCH_CHECK(logits.dim() == 3 && logits.size(0) == values.size(0) && logits.size(1) == values.size(1),
               "logits must be [B, L, n*K] with the values' B and L");
   check_like(logits, values, "logits");
   const int64_t K = check_heads(values, num_heads, logits.size(2));
+  check_padding_l(padding_l, K);
   const Tensor v = values.contiguous();
   const Tensor mask = prepare_mask(padding_mask, values);
   Tensor out = at::empty_like(v);
   Tensor probs = new_probs(v, num_heads, K, save_probs);
   Tensor probs_out = kernel_probs(probs, v);
-  k.forward(v, logits.contiguous(), mask, num_heads, out, probs_out);
+  // A broadcast kernel goes down as its one row with token stride 0: contiguous() would copy it
+  // B * L times.
+  const bool broadcast = is_token_broadcast(logits);
+  const Tensor lg = broadcast ? logits.select(0, 0).select(0, 0).contiguous() : logits.contiguous();
+  k.forward(v, lg, broadcast ? 0 : logits.size(2), mask, num_heads, padding_l, out, probs_out);
   return {out, probs};
 }
 
 std::tuple<Tensor, Tensor> dynamic_bwd(const DeviceKernels& k, const Tensor& grad_out, const Tensor& values,
-                                       const Tensor& probs, int64_t num_heads,
+                                       const Tensor& probs, int64_t num_heads, int64_t padding_l,
                                        const std::optional<Tensor>& padding_mask) {
   CONVBERT_NO_AUTOCAST();
   check_float(values, "values");
@@ -127,18 +145,20 @@ std::tuple<Tensor, Tensor> dynamic_bwd(const DeviceKernels& k, const Tensor& gra
               " (run the forward with save_probs=True)");
   const int64_t K = check_heads(values, num_heads, num_heads * probs.size(3));
   const Tensor p = check_probs(probs, values, num_heads, K);
+  check_padding_l(padding_l, K);
   TORCH_CHECK(grad_out.sizes() == values.sizes(), "grad_out must have the shape of values");
   const Tensor v = values.contiguous();
   const Tensor g = grad_out.to(v.scalar_type()).contiguous();
   const Tensor mask = prepare_mask(padding_mask, values);
   Tensor d_values = at::empty_like(v);
   Tensor d_logits = at::empty(p.sizes(), v.options());
-  k.backward(g, v, p, mask, num_heads, d_values, d_logits);
+  k.backward(g, v, p, mask, num_heads, padding_l, d_values, d_logits);
   return {d_values, d_logits};
 }
 
-void check_span(const Tensor& query, const Tensor& key_conv, const Tensor& values, const Tensor& weight,
-                const std::optional<Tensor>& bias, int64_t num_heads) {
+// Returns K.
+int64_t check_span(const Tensor& query, const Tensor& key_conv, const Tensor& values, const Tensor& weight,
+                   const std::optional<Tensor>& bias, int64_t num_heads, int64_t padding_l) {
   check_float(values, "values");
   TORCH_CHECK(query.dim() == 3 && query.sizes() == key_conv.sizes(), "query and key_conv must be [B, L, A]");
   TORCH_CHECK(query.size(0) == values.size(0) && query.size(1) == values.size(1),
@@ -147,18 +167,21 @@ void check_span(const Tensor& query, const Tensor& key_conv, const Tensor& value
   check_like(query, values, "query");
   check_like(key_conv, values, "key_conv");
   check_like(weight, values, "weight");
-  check_heads(values, num_heads, weight.size(0));
+  const int64_t K = check_heads(values, num_heads, weight.size(0));
+  check_padding_l(padding_l, K);
   if (bias.has_value() && bias->defined()) {
     check_like(*bias, values, "bias");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must be [n*K]");
   }
+  return K;
 }
 
 std::tuple<Tensor, Tensor> span_fwd(const DeviceKernels& k, const Tensor& query, const Tensor& key_conv,
                                     const Tensor& values, const Tensor& weight, const std::optional<Tensor>& bias,
-                                    int64_t num_heads, const std::optional<Tensor>& padding_mask, bool save_probs) {
+                                    int64_t num_heads, int64_t padding_l, const std::optional<Tensor>& padding_mask,
+                                    bool save_probs) {
   CONVBERT_NO_AUTOCAST();
-  check_span(query, key_conv, values, weight, bias, num_heads);
+  check_span(query, key_conv, values, weight, bias, num_heads, padding_l);
   const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
   const auto acc = acc_dtype_for(values.scalar_type());
   const Tensor v = values.contiguous();
@@ -170,7 +193,7 @@ std::tuple<Tensor, Tensor> span_fwd(const DeviceKernels& k, const Tensor& query,
   Tensor out = at::empty_like(v);
   Tensor probs = new_probs(v, num_heads, R / num_heads, save_probs);
   Tensor probs_out = kernel_probs(probs, v);
-  k.span_forward(q, kc, v, w, b, mask, num_heads, out, probs_out);
+  k.span_forward(q, kc, v, w, b, mask, num_heads, padding_l, out, probs_out);
   return {out, probs};
 }
 
@@ -178,9 +201,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_bwd(const DeviceKernels&
                                                             const Tensor& query, const Tensor& key_conv,
                                                             const Tensor& values, const Tensor& weight,
                                                             const Tensor& probs, int64_t num_heads,
+                                                            int64_t padding_l,
                                                             const std::optional<Tensor>& padding_mask) {
   CONVBERT_NO_AUTOCAST();
-  check_span(query, key_conv, values, weight, std::nullopt, num_heads);
+  check_span(query, key_conv, values, weight, std::nullopt, num_heads, padding_l);
   const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
   const Tensor p = check_probs(probs, values, num_heads, R / num_heads);
   TORCH_CHECK(grad_out.sizes() == values.sizes(), "grad_out must have the shape of values");
@@ -195,7 +219,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_bwd(const DeviceKernels&
   Tensor d_query = at::empty({B * L, A}, q.options());
   Tensor d_key_conv = at::empty({B * L, A}, q.options());
   auto [d_weight, d_bias] =
-      k.span_backward(g, q, kc, v, weight.to(acc).contiguous(), p, mask, num_heads, d_query, d_key_conv, d_values);
+      k.span_backward(g, q, kc, v, weight.to(acc).contiguous(), p, mask, num_heads, padding_l, d_query, d_key_conv,
+                      d_values);
   return {d_query.view({B, L, A}), d_key_conv.view({B, L, A}), d_values, d_weight.to(dtype), d_bias.to(dtype)};
 }
 
@@ -203,29 +228,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_bwd(const DeviceKernels&
 template <const DeviceKernels* K>
 std::tuple<Tensor, Tensor> native_span_fwd(const Tensor& query, const Tensor& key_conv, const Tensor& values,
                                            const Tensor& weight, const std::optional<Tensor>& bias, int64_t num_heads,
-                                           const std::optional<Tensor>& padding_mask, bool save_probs) {
-  return span_fwd(*K, query, key_conv, values, weight, bias, num_heads, padding_mask, save_probs);
+                                           int64_t padding_l, const std::optional<Tensor>& padding_mask,
+                                           bool save_probs) {
+  return span_fwd(*K, query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, save_probs);
 }
 
 template <const DeviceKernels* K>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> native_span_bwd(const Tensor& grad_out, const Tensor& query,
                                                                    const Tensor& key_conv, const Tensor& values,
                                                                    const Tensor& weight, const Tensor& probs,
-                                                                   int64_t num_heads,
+                                                                   int64_t num_heads, int64_t padding_l,
                                                                    const std::optional<Tensor>& padding_mask) {
-  return span_bwd(*K, grad_out, query, key_conv, values, weight, probs, num_heads, padding_mask);
+  return span_bwd(*K, grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask);
 }
 
 template <const DeviceKernels* K>
 std::tuple<Tensor, Tensor> native_dynamic_fwd(const Tensor& values, const Tensor& logits, int64_t num_heads,
-                                              const std::optional<Tensor>& padding_mask, bool save_probs) {
-  return dynamic_fwd(*K, values, logits, num_heads, padding_mask, save_probs);
+                                              int64_t padding_l, const std::optional<Tensor>& padding_mask,
+                                              bool save_probs) {
+  return dynamic_fwd(*K, values, logits, num_heads, padding_l, padding_mask, save_probs);
 }
 
 template <const DeviceKernels* K>
 std::tuple<Tensor, Tensor> native_dynamic_bwd(const Tensor& grad_out, const Tensor& values, const Tensor& probs,
-                                              int64_t num_heads, const std::optional<Tensor>& padding_mask) {
-  return dynamic_bwd(*K, grad_out, values, probs, num_heads, padding_mask);
+                                              int64_t num_heads, int64_t padding_l,
+                                              const std::optional<Tensor>& padding_mask) {
+  return dynamic_bwd(*K, grad_out, values, probs, num_heads, padding_l, padding_mask);
 }
 
 }  // namespace
@@ -234,16 +262,16 @@ std::tuple<Tensor, Tensor> native_dynamic_bwd(const Tensor& grad_out, const Tens
 TORCH_LIBRARY(convbert_kernels, m) {
   m.def(
       "native_span_fwd(Tensor query, Tensor key_conv, Tensor values, Tensor weight, Tensor? bias, int num_heads, "
-      "Tensor? padding_mask, bool save_probs) -> (Tensor, Tensor)");
+      "int padding_l, Tensor? padding_mask, bool save_probs) -> (Tensor, Tensor)");
   m.def(
       "native_span_bwd(Tensor grad_out, Tensor query, Tensor key_conv, Tensor values, Tensor weight, Tensor probs, "
-      "int num_heads, Tensor? padding_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "int num_heads, int padding_l, Tensor? padding_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "native_dynamic_fwd(Tensor values, Tensor logits, int num_heads, Tensor? padding_mask, bool save_probs) "
-      "-> (Tensor, Tensor)");
+      "native_dynamic_fwd(Tensor values, Tensor logits, int num_heads, int padding_l, Tensor? padding_mask, "
+      "bool save_probs) -> (Tensor, Tensor)");
   m.def(
-      "native_dynamic_bwd(Tensor grad_out, Tensor values, Tensor probs, int num_heads, Tensor? padding_mask) "
-      "-> (Tensor, Tensor)");
+      "native_dynamic_bwd(Tensor grad_out, Tensor values, Tensor probs, int num_heads, int padding_l, "
+      "Tensor? padding_mask) -> (Tensor, Tensor)");
 }
 
 #define CONVBERT_REGISTER_DEVICE(m, kernels)                                             \

@@ -107,10 +107,11 @@ using acc_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, floa
 
 }  // namespace
 
-void window_forward_cpu(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,
-                        int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
+void window_forward_cpu(const at::Tensor& values, const at::Tensor& logits, int64_t logits_token_stride,
+                        const at::Tensor& mask, int64_t num_heads, int64_t padding_l, at::Tensor& out,
+                        at::Tensor& probs) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
-  const int64_t n = num_heads, d = C / n, K = logits.size(2) / n, N = B * L;
+  const int64_t n = num_heads, d = C / n, K = logits.size(-1) / n, N = B * L;  // logits [B, L, R] or one row [R]
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "window_forward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     TORCH_CHECK(logits.scalar_type() == values.scalar_type(), "logits must have the values' dtype");
@@ -122,14 +123,16 @@ void window_forward_cpu(const at::Tensor& values, const at::Tensor& logits, cons
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
-        CONVBERT_ISA_CALL(window_forward_range, v, lg, 0, m, o, p, L, n, d, K, n0, n1);
+        CONVBERT_ISA_CALL(window_forward_range, v, lg, 0, logits_token_stride, m, o, p, L, n, d, K, padding_l, n0,
+                          n1);
       }
     });
   });
 }
 
 void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& probs,
-                         const at::Tensor& mask, int64_t num_heads, at::Tensor& d_values, at::Tensor& d_logits) {
+                         const at::Tensor& mask, int64_t num_heads, int64_t padding_l, at::Tensor& d_values,
+                         at::Tensor& d_logits) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
   const int64_t n = num_heads, d = C / n, K = probs.size(2) / n, N = B * L;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "window_backward_cpu", [&] {
@@ -144,8 +147,7 @@ void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& values, c
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
-        CONVBERT_ISA_CALL(window_backward_range, g, v, p, m, dv, dl, 0, L, n, d, K,
-                          n0, n1);
+        CONVBERT_ISA_CALL(window_backward_range, g, v, p, m, dv, dl, 0, L, n, d, K, padding_l, n0, n1);
       }
     });
   });
@@ -156,7 +158,7 @@ void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& values, c
 // rows), softmax and the window sum.
 void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const at::Tensor& values,
                       const at::Tensor& weight_acc, const at::Tensor& bias_acc, const at::Tensor& mask,
-                      int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
+                      int64_t num_heads, int64_t padding_l, at::Tensor& out, at::Tensor& probs) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
   const int64_t n = num_heads, d = C / n, R = weight_acc.size(0), K = R / n, N = B * L;
   const auto acc = weight_acc.scalar_type();
@@ -177,8 +179,7 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
         at::Tensor logits = at::mm(ca, weight_t);
         if (bias_acc.defined()) logits.add_(bias_acc);
         const acc_t* lg = logits.data_ptr<acc_t>();
-        CONVBERT_ISA_CALL(window_forward_range, v, lg, n0, m, o, p, L, n, d, K, n0,
-                          n0 + len);
+        CONVBERT_ISA_CALL(window_forward_range, v, lg, n0, R, m, o, p, L, n, d, K, padding_l, n0, n0 + len);
       }
     });
   });
@@ -192,8 +193,8 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
 std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out, const at::Tensor& query,
                                                      const at::Tensor& key_conv, const at::Tensor& values, const at::Tensor& weight_acc,
                                                      const at::Tensor& probs, const at::Tensor& mask,
-                                                     int64_t num_heads, at::Tensor& d_query, at::Tensor& d_key_conv,
-                                                     at::Tensor& d_values) {
+                                                     int64_t num_heads, int64_t padding_l, at::Tensor& d_query,
+                                                     at::Tensor& d_key_conv, at::Tensor& d_values) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2), A = query.size(1);
   const int64_t n = num_heads, d = C / n, R = weight_acc.size(0), K = R / n, N = B * L;
   const auto acc = weight_acc.scalar_type();
@@ -212,8 +213,8 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, len = std::min(N, n0 + kRange) - n0;
         at::Tensor dl = at::empty({len, R}, weight_acc.options());
-        CONVBERT_ISA_CALL(window_backward_range, g, v, p, m, dv, dl.data_ptr<acc_t>(),
-                          n0, L, n, d, K, n0, n0 + len);
+        CONVBERT_ISA_CALL(window_backward_range, g, v, p, m, dv, dl.data_ptr<acc_t>(), n0, L, n, d, K, padding_l,
+                          n0, n0 + len);
         const at::Tensor q = query.narrow(0, n0, len).to(acc);
         const at::Tensor kc = key_conv.narrow(0, n0, len).to(acc);
         const at::Tensor d_ca = at::mm(dl, weight_acc);

@@ -1,17 +1,18 @@
 // CUDA implementation of the window kernels and the deterministic weight gradient.
 //
 // Window kernels: one block per (tile of `tt` tokens of one sequence, head). The block softmaxes
-// the tile's logits into shared memory (writing probs once for the backward, when asked to), then walks the
-// head's d channels in chunks of kChunk: the value window of the tile, rows [t0 - P, t0 + tt + P),
-// is staged in shared memory (masked rows and rows outside [0, L) as zeros, converted to fp32),
-// and each thread produces (token, channel) outputs from it. Accumulation is fp32 (fp64 for
-// float64 inputs).
+// the tile's logits into shared memory (writing probs once for the backward, when asked to), then
+// walks the head's d channels in chunks of kChunk: the value window of the tile, rows
+// [t0 - padding_l, t0 + tt + Q) with Q = K - 1 - padding_l, is staged in shared memory (masked
+// rows and rows outside [0, L) as zeros, converted to fp32), and each thread produces
+// (token, channel) outputs from it. Accumulation is fp32 (fp64 for float64 inputs).
 //
-// Backward, same blocking: per chunk the value window and the upstream-gradient window are
-// staged; dp[t, k] = <g[t], v[t + k - P]> accumulates in shared memory (each (t, k) owned by one
-// thread, chunks in order), and d_values is a gather: d_values[s] = mask[s] *
-// sum_k probs[s - k + P, k] * g[s - k + P], from a band of probs staged per tile. No atomics;
-// the result is bitwise reproducible.
+// Backward, same blocking: per chunk the value window (as in the forward) and the
+// upstream-gradient window [t0 - Q, t0 + tt + padding_l) are staged (both tt + K - 1 rows; they
+// coincide only for a centred window); dp[t, k] = <g[t], v[t + k - padding_l]> accumulates in
+// shared memory (each (t, k) owned by one thread, chunks in order), and d_values is a gather:
+// d_values[s] = mask[s] * sum_k probs[r, k] * g[r] with r = s - k + padding_l, from a band of
+// probs staged per tile. No atomics; the result is bitwise reproducible.
 //
 // Weight gradient: d_weight = sum_t d_logits[t]^T (query * key_conv)[t] and d_bias (as a column
 // of ones) are reduced in two stages: fixed token splits each write a partial [R, A + 1], then a
@@ -68,23 +69,24 @@ int pick_tile(Fn smem_for, int K, const char* what) {
 template <typename scalar_t, typename acc_t, typename logit_t>
 __global__ void __launch_bounds__(kThreads)
     window_forward_kernel(const scalar_t* __restrict__ values, const logit_t* __restrict__ logits,
-                          const bool* __restrict__ mask, scalar_t* __restrict__ out, acc_t* __restrict__ probs,
-                          int64_t L, int n, int d, int K, int64_t tiles, int tt) {
+                          int64_t logits_token_stride, const bool* __restrict__ mask, scalar_t* __restrict__ out,
+                          acc_t* __restrict__ probs, int64_t L, int n, int d, int K, int padding_l, int64_t tiles,
+                          int tt) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* sp = reinterpret_cast<acc_t*>(smem_raw);  // [tt][K] probs of the tile's tokens
-  acc_t* sv = sp + tt * K;                         // [tt + K - 1][kRowStride] value window chunk
+  acc_t* sv = sp + tt * K;                         // [tt + K - 1][kRowStride] value window chunk, from t0 - padding_l
 
   const int64_t b = blockIdx.x / tiles;
   const int64_t t0 = (blockIdx.x % tiles) * tt;
   const int h = blockIdx.y;
   const int64_t C = static_cast<int64_t>(n) * d, R = static_cast<int64_t>(n) * K;
-  const int P = (K - 1) / 2;
   const int ntok = static_cast<int>(min(static_cast<int64_t>(tt), L - t0));
   const int nw = ntok + K - 1;
 
   for (int i = threadIdx.x; i < ntok; i += blockDim.x) {
     const int64_t tok = b * L + t0 + i;
-    const logit_t* lg = logits + tok * R + static_cast<int64_t>(h) * K;
+    // logits_token_stride is R, or 0 for one row shared by every token (a broadcast kernel)
+    const logit_t* lg = logits + tok * logits_token_stride + static_cast<int64_t>(h) * K;
     acc_t mx = static_cast<acc_t>(lg[0]);
     for (int k = 1; k < K; ++k) mx = max(mx, static_cast<acc_t>(lg[k]));
     acc_t sum = 0;
@@ -106,7 +108,7 @@ __global__ void __launch_bounds__(kThreads)
     const int dc = min(kChunk, d - c0);
     for (int idx = threadIdx.x; idx < nw * kChunk; idx += blockDim.x) {
       const int w = idx / kChunk, j = idx % kChunk;
-      const int64_t s = t0 - P + w;
+      const int64_t s = t0 - padding_l + w;
       acc_t x = 0;
       if (j < dc && s >= 0 && s < L && (mask == nullptr || mask[b * L + s])) {
         x = static_cast<acc_t>(values[(b * L + s) * C + static_cast<int64_t>(h) * d + c0 + j]);
@@ -130,20 +132,21 @@ template <typename scalar_t, typename acc_t, typename dlogit_t>
 __global__ void __launch_bounds__(kThreads)
     window_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ values, const acc_t* __restrict__ probs,
                            const bool* __restrict__ mask, scalar_t* __restrict__ d_values,
-                           dlogit_t* __restrict__ d_logits, int64_t L, int n, int d, int K, int64_t tiles, int tt) {
+                           dlogit_t* __restrict__ d_logits, int64_t L, int n, int d, int K, int padding_l,
+                           int64_t tiles, int tt) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* sp = reinterpret_cast<acc_t*>(smem_raw);  // [tt][K] probs of the tile's tokens
-  acc_t* sband = sp + tt * K;                      // [tt][K] probs[t0 + i + P - k][k] (0 outside)
+  acc_t* sband = sp + tt * K;                      // [tt][K] probs[t0 + i + padding_l - k][k] (0 outside)
   acc_t* sdp = sband + tt * K;                     // [tt][K] dp accumulators
-  acc_t* sv = sdp + tt * K;                        // [tt + K - 1][kRowStride] values window chunk
-  acc_t* sg = sv + (tt + K - 1) * kRowStride;      // [tt + K - 1][kRowStride] grad window chunk
+  acc_t* sv = sdp + tt * K;                        // [tt + K - 1][kRowStride] values window chunk, from t0 - padding_l
+  acc_t* sg = sv + (tt + K - 1) * kRowStride;      // [tt + K - 1][kRowStride] grad window chunk, from t0 - Q
 
   const int64_t b = blockIdx.x / tiles;
   const int64_t t0 = (blockIdx.x % tiles) * tt;
   const int h = blockIdx.y;
   const int64_t C = static_cast<int64_t>(n) * d, R = static_cast<int64_t>(n) * K;
   const int64_t hK = static_cast<int64_t>(h) * K, hd = static_cast<int64_t>(h) * d;
-  const int P = (K - 1) / 2;
+  const int Q = K - 1 - padding_l;  // taps after the token
   const int ntok = static_cast<int>(min(static_cast<int64_t>(tt), L - t0));
   const int nw = ntok + K - 1;
 
@@ -151,7 +154,7 @@ __global__ void __launch_bounds__(kThreads)
     const int i = idx / K, k = idx % K;
     const int64_t tok = b * L + t0 + i;
     sp[idx] = probs[tok * R + hK + k];
-    const int64_t tb = t0 + i + P - k;
+    const int64_t tb = t0 + i + padding_l - k;  // the token whose tap k reads t0 + i
     sband[idx] = (tb >= 0 && tb < L) ? probs[(b * L + tb) * R + hK + k] : acc_t(0);
     sdp[idx] = 0;
   }
@@ -161,34 +164,34 @@ __global__ void __launch_bounds__(kThreads)
     const int dc = min(kChunk, d - c0);
     for (int idx = threadIdx.x; idx < nw * kChunk; idx += blockDim.x) {
       const int w = idx / kChunk, j = idx % kChunk;
-      const int64_t s = t0 - P + w;
+      const int64_t sv_tok = t0 - padding_l + w, sg_tok = t0 - Q + w;
       acc_t x = 0, y = 0;
-      if (j < dc && s >= 0 && s < L) {
-        const int64_t off = (b * L + s) * C + hd + c0 + j;
-        y = static_cast<acc_t>(grad_out[off]);
-        if (mask == nullptr || mask[b * L + s]) x = static_cast<acc_t>(values[off]);
+      if (j < dc && sv_tok >= 0 && sv_tok < L && (mask == nullptr || mask[b * L + sv_tok])) {
+        x = static_cast<acc_t>(values[(b * L + sv_tok) * C + hd + c0 + j]);
       }
+      if (j < dc && sg_tok >= 0 && sg_tok < L) y = static_cast<acc_t>(grad_out[(b * L + sg_tok) * C + hd + c0 + j]);
       sv[w * kRowStride + j] = x;
       sg[w * kRowStride + j] = y;
     }
     __syncthreads();
-    // dp[i, k] += <g[t0 + i], v[t0 + i + k - P]> over this chunk (g row i sits at window row i + P).
+    // dp[i, k] += <g[t0 + i], v[t0 + i + k - padding_l]> over this chunk (g row i at sg row i + Q,
+    // the value at sv row i + k).
     for (int idx = threadIdx.x; idx < ntok * K; idx += blockDim.x) {
       const int i = idx / K, k = idx % K;
-      const acc_t* gr = sg + (i + P) * kRowStride;
+      const acc_t* gr = sg + (i + Q) * kRowStride;
       const acc_t* vr = sv + (i + k) * kRowStride;
       acc_t a = 0;
       for (int j = 0; j < dc; ++j) a += gr[j] * vr[j];
       sdp[idx] += a;
     }
-    // d_values[t0 + i] = mask * sum_k probs[t0 + i + P - k][k] * g[t0 + i + P - k] (window row i + 2P - k).
+    // d_values[t0 + i] = mask * sum_k probs[r][k] * g[r], r = t0 + i + padding_l - k (sg row i + K - 1 - k).
     for (int idx = threadIdx.x; idx < ntok * kChunk; idx += blockDim.x) {
       const int i = idx / kChunk, j = idx % kChunk;
       if (j < dc) {
         const int64_t s = t0 + i;
         acc_t a = 0;
         if (mask == nullptr || mask[b * L + s]) {
-          for (int k = 0; k < K; ++k) a += sband[i * K + k] * sg[(i + 2 * P - k) * kRowStride + j];
+          for (int k = 0; k < K; ++k) a += sband[i * K + k] * sg[(i + K - 1 - k) * kRowStride + j];
         }
         d_values[(b * L + s) * C + hd + c0 + j] = static_cast<scalar_t>(a);
       }
@@ -271,10 +274,11 @@ void check_grid(int64_t blocks, int64_t n) {
 
 // Window kernels; logits / d_logits may be in the values dtype (dynamic_conv) or the
 // accumulation dtype (span_dynamic_conv).
-void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, const at::Tensor& mask,
-                         int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
+void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, int64_t logits_token_stride,
+                         const at::Tensor& mask, int64_t num_heads, int64_t padding_l, at::Tensor& out,
+                         at::Tensor& probs) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
-  const int64_t n = num_heads, d = C / n, K = logits.size(2) / n;
+  const int64_t n = num_heads, d = C / n, K = logits.size(-1) / n;  // logits [B, L, R] or one row [R]
   if (B * L == 0 || C == 0) return;
   c10::cuda::CUDAGuard guard(values.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -290,8 +294,9 @@ void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, con
     auto launch = [&](auto logit_tag) {
       using logit_t = decltype(logit_tag);
       window_forward_kernel<scalar_t, acc_t, logit_t><<<grid, kThreads, smem, stream>>>(
-          values.data_ptr<scalar_t>(), logits.data_ptr<logit_t>(), mask_ptr(mask), out.data_ptr<scalar_t>(),
-          probs.defined() ? probs.data_ptr<acc_t>() : nullptr, L, static_cast<int>(n), static_cast<int>(d), static_cast<int>(K), tiles, tt);
+          values.data_ptr<scalar_t>(), logits.data_ptr<logit_t>(), logits_token_stride, mask_ptr(mask),
+          out.data_ptr<scalar_t>(), probs.defined() ? probs.data_ptr<acc_t>() : nullptr, L, static_cast<int>(n),
+          static_cast<int>(d), static_cast<int>(K), static_cast<int>(padding_l), tiles, tt);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (logits_acc) {
@@ -303,7 +308,8 @@ void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, con
 }
 
 void window_backward_cuda(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& probs,
-                          const at::Tensor& mask, int64_t num_heads, at::Tensor& d_values, at::Tensor& d_logits) {
+                          const at::Tensor& mask, int64_t num_heads, int64_t padding_l, at::Tensor& d_values,
+                          at::Tensor& d_logits) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
   const int64_t n = num_heads, d = C / n, K = probs.size(2) / n;
   if (B * L == 0) return;
@@ -327,7 +333,7 @@ void window_backward_cuda(const at::Tensor& grad_out, const at::Tensor& values, 
       window_backward_kernel<scalar_t, acc_t, dlogit_t><<<grid, kThreads, smem, stream>>>(
           grad_out.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(), probs.data_ptr<acc_t>(), mask_ptr(mask),
           d_values.data_ptr<scalar_t>(), d_logits.data_ptr<dlogit_t>(), L, static_cast<int>(n), static_cast<int>(d),
-          static_cast<int>(K), tiles, tt);
+          static_cast<int>(K), static_cast<int>(padding_l), tiles, tt);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (dlogits_acc) {
@@ -382,13 +388,13 @@ static std::tuple<at::Tensor, at::Tensor> param_grads_cuda(const at::Tensor& d_l
 // accumulation dtype), then the fused softmax + window-sum kernel.
 void span_forward_cuda(const at::Tensor& query, const at::Tensor& key_conv, const at::Tensor& values,
                        const at::Tensor& weight_acc, const at::Tensor& bias_acc, const at::Tensor& mask,
-                       int64_t num_heads, at::Tensor& out, at::Tensor& probs) {
+                       int64_t num_heads, int64_t padding_l, at::Tensor& out, at::Tensor& probs) {
   const int64_t B = values.size(0), L = values.size(1), R = weight_acc.size(0);
   const auto acc = weight_acc.scalar_type();
   c10::cuda::CUDAGuard guard(values.device());
   at::Tensor logits = at::mm(query.to(acc) * key_conv.to(acc), weight_acc.t());
   if (bias_acc.defined()) logits.add_(bias_acc);
-  window_forward_cuda(values, logits.view({B, L, R}), mask, num_heads, out, probs);
+  window_forward_cuda(values, logits.view({B, L, R}), R, mask, num_heads, padding_l, out, probs);
 }
 
 // The CUDA backward: the fused window backward (d_values as a gather, d_logits), then
@@ -397,12 +403,12 @@ void span_forward_cuda(const at::Tensor& query, const at::Tensor& key_conv, cons
 std::tuple<at::Tensor, at::Tensor> span_backward_cuda(const at::Tensor& grad_out, const at::Tensor& query,
                                                       const at::Tensor& key_conv, const at::Tensor& values, const at::Tensor& weight_acc,
                                                       const at::Tensor& probs, const at::Tensor& mask,
-                                                      int64_t num_heads, at::Tensor& d_query, at::Tensor& d_key_conv,
-                                                      at::Tensor& d_values) {
+                                                      int64_t num_heads, int64_t padding_l, at::Tensor& d_query,
+                                                      at::Tensor& d_key_conv, at::Tensor& d_values) {
   const int64_t B = values.size(0), L = values.size(1), R = weight_acc.size(0);
   c10::cuda::CUDAGuard guard(values.device());
   at::Tensor d_logits = at::empty({B, L, R}, weight_acc.options());
-  window_backward_cuda(grad_out, values, probs, mask, num_heads, d_values, d_logits);
+  window_backward_cuda(grad_out, values, probs, mask, num_heads, padding_l, d_values, d_logits);
   return param_grads_cuda(d_logits.view({B * L, R}), query, key_conv, weight_acc, d_query, d_key_conv);
 }
 

@@ -2,12 +2,15 @@
 ``sanitize`` stage (under compute-sanitizer) and, with ``--base``, of its ``ncu`` stage.
 
 Default (sanitize): ``span_dynamic_conv`` and ``dynamic_conv``, with and without a padding mask,
-in fp32 and bf16, at two awkward shapes -- (B, L, A, C, n, K) = (2, 37, 20, 21, 7, 31): head size 3,
-K = 31 longer than a token tile's halo; and (3, 70, 24, 48, 2, 9): several tiles, head size 24 --
-each forward plus a backward that reaches every input. Each result is compared, loosely, with the
-eager backend on the same inputs in fp32 on the CPU (so that, under the sanitizer, the GPU runs
-little besides the kernels checked), and a kernel that runs cleanly but computes garbage is caught
-too. Prints ``gpu_sanitize_ops: ok`` at the end when every op ran and matched.
+in fp32 and bf16, at three awkward cases -- (B, L, A, C, n, K) = (2, 37, 20, 21, 7, 31): head size 3,
+K = 31 longer than a token tile's halo; (3, 70, 24, 48, 2, 9): several tiles, head size 24; and
+(2, 45, 20, 30, 3, 8) with padding_l = 7: K even, a causal window, so the backward's value and
+gradient windows differ -- each forward plus a backward that reaches every input; and, with the
+mask, ``dynamic_conv`` with one kernel shared by every position (stride-0 logits, read in place).
+Each result is compared, loosely, with the eager backend on the same inputs in fp32 on the CPU (so
+that, under the sanitizer, the GPU runs little besides the kernels checked), and a kernel that runs
+cleanly but computes garbage is caught too. Prints ``gpu_sanitize_ops: ok`` at the end when every
+op ran and matched.
 
 ``--base``: one forward and one backward of ``span_dynamic_conv`` at ConvBERT-base dims (B=32,
 L=512, A=C=384, n=6, K=9) per backend and dtype, no comparison: what ncu profiles.
@@ -29,7 +32,8 @@ import torch
 
 import convbert_kernels as ck
 
-SHAPES = [(2, 37, 20, 21, 7, 31), (3, 70, 24, 48, 2, 9)]
+# (shape, padding_l); padding_l None is the centred (K - 1) // 2
+CASES = [((2, 37, 20, 21, 7, 31), None), ((3, 70, 24, 48, 2, 9), None), ((2, 45, 20, 30, 3, 8), 7)]
 BASE_SHAPE = (32, 512, 384, 384, 6, 9)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Loose: this checks that the kernel computed the op at all, the tests check the precision.
@@ -68,10 +72,10 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def check_ops(backend: str, device, dtypes, shapes) -> int:
+def check_ops(backend: str, device, dtypes, cases) -> int:
     """Every op forward and backward; returns the number of mismatches against eager."""
     bad = 0
-    for shape in shapes:
+    for shape, padding_l in cases:
         B, L, A, C, n, K = shape
         for dtype in dtypes:
             for with_mask in (False, True):
@@ -80,16 +84,24 @@ def check_ops(backend: str, device, dtypes, shapes) -> int:
                 grad = torch.randn(B, L, C, generator=torch.Generator().manual_seed(1)).to(device, dtype)
                 logits = (torch.randn(B, L, n * K, generator=torch.Generator().manual_seed(2)) * 2).to(device, dtype)
                 logits.requires_grad_(True)
+                shared_kernel = logits.detach()[0, 0].clone().requires_grad_(True)  # [n * K]
                 cpu_mask = None if mask is None else mask.cpu()
-                cases = {
+                ops = {
                     "span_dynamic_conv": (
-                        lambda q, kc, v, w, b, be, m: ck.span_dynamic_conv(q, kc, v, w, b, n, padding_mask=m, backend=be),
+                        lambda q, kc, v, w, b, be, m: ck.span_dynamic_conv(
+                            q, kc, v, w, b, n, padding_l=padding_l, padding_mask=m, backend=be),
                         leaves),
                     "dynamic_conv": (
-                        lambda v, lg, be, m: ck.dynamic_conv(v, lg, n, padding_mask=m, backend=be),
+                        lambda v, lg, be, m: ck.dynamic_conv(v, lg, n, padding_l=padding_l, padding_mask=m,
+                                                             backend=be),
                         [leaves[2], logits]),
                 }
-                for op, (fn, inputs) in cases.items():
+                if with_mask:  # one kernel for every position, as LightweightConv1d passes it
+                    ops["dynamic_conv shared"] = (
+                        lambda v, w, be, m: ck.dynamic_conv(v, w.view(1, 1, -1).expand(B, L, -1), n,
+                                                            padding_l=padding_l, padding_mask=m, backend=be),
+                        [leaves[2], shared_kernel])
+                for op, (fn, inputs) in ops.items():
                     got = _run(lambda *t: fn(*t, backend, mask), inputs, grad)
                     ref_inputs = [t.detach().float().cpu().requires_grad_(True) for t in inputs]
                     want = _run(lambda *t: fn(*t, "eager", cpu_mask), ref_inputs, grad.float().cpu())
@@ -97,7 +109,8 @@ def check_ops(backend: str, device, dtypes, shapes) -> int:
                     worst = max(errors)
                     ok = all(torch.isfinite(t).all() for t in got) and worst <= TOLERANCE[dtype]
                     bad += int(not ok)
-                    print(f"{backend:>6} {op:>17} {str(shape):>22} {str(dtype)[6:]:>8} mask={int(with_mask)} "
+                    print(f"{backend:>6} {op:>19} {str(shape):>22} padding_l={padding_l} {str(dtype)[6:]:>8} "
+                          f"mask={int(with_mask)} "
                           f"worst relative error vs eager {worst:.2e} {'ok' if ok else 'MISMATCH'}", flush=True)
     return bad
 
@@ -122,11 +135,12 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--base", action="store_true", help="one forward + backward at base dims (for ncu)")
     p.add_argument("--shape", default=None, metavar="B,L,A,C,n,K", help="override the shape(s)")
+    p.add_argument("--padding-l", type=int, default=None, help="with --shape: the window offset (default centred)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     dtypes = [DTYPES[d] for d in args.dtypes.split(",") if d]
     backends = [b for b in args.backends.split(",") if b]
-    shapes = [tuple(int(x) for x in args.shape.split(","))] if args.shape else None
+    shape = tuple(int(x) for x in args.shape.split(",")) if args.shape else None
     for backend in backends:
         if backend not in ck.available_backends(device):
             print(f"backend {backend} is not available on {device}: {ck.backend_load_error(backend)}", flush=True)
@@ -134,9 +148,9 @@ def main(argv=None) -> int:
     bad = 0
     for backend in backends:
         if args.base:
-            run_base(backend, device, dtypes, (shapes or [BASE_SHAPE])[0])
+            run_base(backend, device, dtypes, shape or BASE_SHAPE)
         else:
-            bad += check_ops(backend, device, dtypes, shapes or SHAPES)
+            bad += check_ops(backend, device, dtypes, [(shape, args.padding_l)] if shape else CASES)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     if bad:

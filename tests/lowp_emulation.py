@@ -38,46 +38,51 @@ def rnd(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype).to(F64)
 
 
-def _windows(values, mask, num_heads, kernel_size):
-    """[B, L, n, K, d]: the value at t + k - P for every token t and tap k (0 outside / padding)."""
+def _offset(padding_l, kernel_size):
+    return (kernel_size - 1) // 2 if padding_l is None else padding_l
+
+
+def _windows(values, mask, num_heads, kernel_size, padding_l=None):
+    """[B, L, n, K, d]: the value at t + k - padding_l for every token t and tap k (0 outside / padding)."""
     batch, length, channels = values.shape
-    half = (kernel_size - 1) // 2
+    left = _offset(padding_l, kernel_size)
     v = values.reshape(batch, length, num_heads, channels // num_heads)
     if mask is not None:
         v = v * mask[:, :, None, None].to(F64)
-    vpad = F.pad(v, (0, 0, 0, 0, half, half))
+    vpad = F.pad(v, (0, 0, 0, 0, left, kernel_size - 1 - left))
     return torch.stack([vpad[:, k : k + length] for k in range(kernel_size)], dim=3)
 
 
-def _window_fwd(values, logits, mask, num_heads, dtype):
+def _window_fwd(values, logits, mask, num_heads, dtype, padding_l=None):
     """(out rounded to dtype, fp32-kept probabilities [B, L, n, K])."""
     batch, length, channels = values.shape
     kernel_size = logits.shape[-1] // num_heads
     p = torch.softmax(logits.reshape(batch, length, num_heads, kernel_size), dim=-1)
-    win = _windows(values, mask, num_heads, kernel_size)
+    win = _windows(values, mask, num_heads, kernel_size, padding_l)
     out = torch.einsum("blnk,blnkd->blnd", p, win).reshape(batch, length, channels)
     return rnd(out, dtype), p
 
 
-def _window_bwd(grad_out, values, p, mask, num_heads, dtype):
+def _window_bwd(grad_out, values, p, mask, num_heads, dtype, padding_l=None):
     """(d_values rounded to dtype, d_logits [B, L, n*K] kept in fp32)."""
     batch, length, channels = values.shape
     kernel_size = p.shape[-1]
-    half = (kernel_size - 1) // 2
+    left = _offset(padding_l, kernel_size)
     g = grad_out.reshape(batch, length, num_heads, channels // num_heads)
-    dp = torch.einsum("blnd,blnkd->blnk", g, _windows(values, mask, num_heads, kernel_size))
+    dp = torch.einsum("blnd,blnkd->blnk", g, _windows(values, mask, num_heads, kernel_size, padding_l))
     d_logits = p * (dp - (p * dp).sum(-1, keepdim=True))
-    # token t sends p[t, k] * g[t] to value position t + k - P
-    dv = torch.zeros(batch, length + 2 * half, num_heads, g.shape[-1], dtype=F64)
+    # token t sends p[t, k] * g[t] to value position t + k - padding_l
+    dv = torch.zeros(batch, length + kernel_size - 1, num_heads, g.shape[-1], dtype=F64)
     for k in range(kernel_size):
         dv[:, k : k + length] += p[..., k, None] * g
-    dv = dv[:, half : half + length]
+    dv = dv[:, left : left + length]
     if mask is not None:
         dv = dv * mask[:, :, None, None].to(F64)
     return rnd(dv.reshape(batch, length, channels), dtype), d_logits.reshape(batch, length, -1)
 
 
-def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, mask, grad_out, dtype, kernel="triton"):
+def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, mask, grad_out, dtype, kernel="triton",
+                      padding_l=None):
     """Emulated ``(out, [d_query, d_key_conv, d_values, d_weight, d_bias])`` (float64 tensors).
 
     The tensor arguments hold the dtype's numbers already (see :func:`rounded`); ``dtype`` picks
@@ -87,9 +92,9 @@ def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, mask, gr
     ca = query * key_conv
     ca_op = rnd(ca, dtype) if triton else ca  # the projection's operand
     logits = ca_op @ weight.T + (bias if bias is not None else 0.0)
-    out, p = _window_fwd(values, logits, mask, num_heads, dtype)
+    out, p = _window_fwd(values, logits, mask, num_heads, dtype, padding_l)
 
-    d_values, d_logits = _window_bwd(grad_out, values, p, mask, num_heads, dtype)
+    d_values, d_logits = _window_bwd(grad_out, values, p, mask, num_heads, dtype, padding_l)
     dl = d_logits.reshape(-1, weight.shape[0])
     dl_op = rnd(dl, dtype) if triton else dl  # operand of both backward dots
     d_ca = (dl_op @ weight).reshape(query.shape)
@@ -101,10 +106,10 @@ def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, mask, gr
     return out, grads
 
 
-def dynamic_conv(values, logits, num_heads, mask, grad_out, dtype):
+def dynamic_conv(values, logits, num_heads, mask, grad_out, dtype, padding_l=None):
     """Emulated ``(out, [d_values, d_logits])`` of ``dynamic_conv`` (Triton and native agree)."""
-    out, p = _window_fwd(values, logits, mask, num_heads, dtype)
-    d_values, d_logits = _window_bwd(grad_out, values, p, mask, num_heads, dtype)
+    out, p = _window_fwd(values, logits, mask, num_heads, dtype, padding_l)
+    d_values, d_logits = _window_bwd(grad_out, values, p, mask, num_heads, dtype, padding_l)
     return out, [d_values, rnd(d_logits, dtype)]  # d_logits is stored in the logits' dtype
 
 

@@ -70,6 +70,7 @@ class SpanInputs:
     bias: torch.Tensor | None
     num_heads: int
     padding_mask: torch.Tensor | None
+    padding_l: int | None = None  # None: the centred window
 
     def tensors(self) -> list[torch.Tensor]:
         ts = [self.query, self.key_conv, self.values, self.weight]
@@ -82,13 +83,13 @@ class SpanInputs:
         mask = None if self.padding_mask is None else self.padding_mask.to(device=device)
         return SpanInputs(
             conv(self.query), conv(self.key_conv), conv(self.values), conv(self.weight), conv(self.bias),
-            self.num_heads, mask,
+            self.num_heads, mask, self.padding_l,
         )
 
 
 def make_span_inputs(
     batch, length, a_dim, channels, num_heads, kernel_size, *, dtype=torch.float32, device="cpu",
-    with_bias=True, with_mask=False, non_contiguous=False, seed=0,
+    with_bias=True, with_mask=False, non_contiguous=False, seed=0, padding_l=None,
 ) -> SpanInputs:
     """Random inputs; logits land in a range where the softmax is neither flat nor one-hot."""
     g = torch.Generator().manual_seed(seed)
@@ -110,7 +111,7 @@ def make_span_inputs(
     if with_mask:
         lengths = torch.randint(1, length + 1, (batch,), generator=g)
         mask = (torch.arange(length)[None, :] < lengths[:, None]).to(device)
-    return SpanInputs(query, key_conv, values, weight, bias, num_heads, mask)
+    return SpanInputs(query, key_conv, values, weight, bias, num_heads, mask, padding_l)
 
 
 def span_grad_out(shape) -> torch.Tensor:
@@ -143,7 +144,7 @@ def run_span(inputs: SpanInputs, backend: str, grad_out: torch.Tensor | None = N
     """
     out = ck.span_dynamic_conv(
         inputs.query, inputs.key_conv, inputs.values, inputs.weight, inputs.bias, inputs.num_heads,
-        padding_mask=inputs.padding_mask, backend=backend,
+        padding_l=inputs.padding_l, padding_mask=inputs.padding_mask, backend=backend,
     )
     if grad_out is None:
         grad_out = span_grad_out(out.shape)
@@ -151,12 +152,34 @@ def run_span(inputs: SpanInputs, backend: str, grad_out: torch.Tensor | None = N
     return out.detach(), [g.detach() for g in grads]
 
 
-def run_dynamic(values, logits, num_heads, padding_mask, backend, grad_out=None):
-    out = ck.dynamic_conv(values, logits, num_heads, padding_mask=padding_mask, backend=backend)
+def run_dynamic(values, logits, num_heads, padding_mask, backend, grad_out=None, padding_l=None):
+    out = ck.dynamic_conv(values, logits, num_heads, padding_l=padding_l, padding_mask=padding_mask, backend=backend)
     if grad_out is None:
         grad_out = dynamic_grad_out(out.shape)
     grads = torch.autograd.grad(out, [values, logits], grad_out.to(out))
     return out.detach(), [g.detach() for g in grads]
+
+
+def direct_dynamic_conv(values, logits, num_heads, padding_l=None, padding_mask=None):
+    """The op's definition, written out as loops in float64: an oracle for the reference itself.
+
+    ``out[b, t, h] = sum_k softmax(logits[b, t, h])[k] * values[b, t + k - padding_l, h]``, values
+    zero outside ``[0, L)`` and where ``padding_mask`` is False.
+    """
+    batch, length, channels = values.shape
+    kernel_size = logits.shape[-1] // num_heads
+    padding_l = (kernel_size - 1) // 2 if padding_l is None else padding_l
+    probs = torch.softmax(logits.double().reshape(batch, length, num_heads, kernel_size), dim=-1)
+    v = values.double().reshape(batch, length, num_heads, channels // num_heads)
+    if padding_mask is not None:
+        v = v.masked_fill(~padding_mask[:, :, None, None], 0)
+    out = torch.zeros_like(v)
+    for t in range(length):
+        for k in range(kernel_size):
+            s = t + k - padding_l
+            if 0 <= s < length:
+                out[:, t] = out[:, t] + probs[:, t, :, k, None] * v[:, s]
+    return out.reshape(batch, length, channels)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -196,7 +219,8 @@ def check_span_backend(backend: str, inputs: SpanInputs, dtype: torch.dtype, dev
         assert_close_to(g, rg, dtype, f"{backend} {name}")
 
 
-def check_dynamic_backend(backend: str, shape, dtype: torch.dtype, device="cpu", with_mask=False, seed=0) -> None:
+def check_dynamic_backend(backend: str, shape, dtype: torch.dtype, device="cpu", with_mask=False, seed=0,
+                          padding_l=None) -> None:
     """``dynamic_conv``'s forward, d_values and d_logits match the float64 reference on the rounded inputs."""
     values, logits, mask = make_dynamic_inputs(shape, with_mask=with_mask, seed=seed)
     num_heads = shape[4]
@@ -206,10 +230,10 @@ def check_dynamic_backend(backend: str, shape, dtype: torch.dtype, device="cpu",
         return t.to(dtype).to(dtype=dt, device=dev).requires_grad_(True)
 
     ref = run_dynamic(prep(values, torch.float64, "cpu"), prep(logits, torch.float64, "cpu"), num_heads, mask,
-                      "reference", grad_out.double())
+                      "reference", grad_out.double(), padding_l)
     m = None if mask is None else mask.to(device)
     got = run_dynamic(prep(values, dtype, device), prep(logits, dtype, device), num_heads, m, backend,
-                      grad_out.to(device))
+                      grad_out.to(device), padding_l)
     assert got[0].dtype == dtype
     assert_close_to(got[0], ref[0], dtype, f"{backend} dynamic_conv forward")
     for name, a, b in zip(DYNAMIC_GRAD_NAMES, got[1], ref[1]):
@@ -231,23 +255,25 @@ class GpuCase:
     seed: int
     with_bias: bool = True
     non_contiguous: bool = False
+    padding_l: int | None = None  # the window offset; None: centred
 
     def __str__(self) -> str:
         flags = ("-mask" if self.with_mask else "") + ("" if self.with_bias else "-nobias")
         flags += "-noncontig" if self.non_contiguous else ""
+        flags += "" if self.padding_l is None else f"-padl{self.padding_l}"
         dims = "x".join(map(str, self.shape))
         return f"{self.backend}-{self.op}-{str(self.dtype).removeprefix('torch.')}-{dims}{flags}-s{self.seed}"
 
     def span_inputs(self) -> SpanInputs:
         return make_span_inputs(*self.shape, with_mask=self.with_mask, seed=self.seed, with_bias=self.with_bias,
-                                non_contiguous=self.non_contiguous)
+                                non_contiguous=self.non_contiguous, padding_l=self.padding_l)
 
     def check(self, device="cuda") -> None:
         if self.op == "span":
             check_span_backend(self.backend, self.span_inputs(), self.dtype, device=device)
         else:
             check_dynamic_backend(self.backend, self.shape, self.dtype, device=device, with_mask=self.with_mask,
-                                  seed=self.seed)
+                                  seed=self.seed, padding_l=self.padding_l)
 
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -265,6 +291,10 @@ GPU_CASES = (
     + [GpuCase("native", "dynamic", s, dt, True, seed=0) for dt in _DTYPES for s in AWKWARD_SHAPES]
     + [GpuCase("native", "span", (2, 9, 10, 12, 3, 5), dt, True, seed=0, with_bias=False, non_contiguous=True)
        for dt in _DTYPES + (torch.float64,)]
+    # other window offsets (causal, all taps ahead) and even K, on both backends and both ops
+    + [GpuCase(b, op, s, dt, m, seed=9, padding_l=pl) for b in ("triton", "native") for dt in _DTYPES
+       for op, s, pl, m in (("span", (2, 300, 384, 384, 6, 9), 8, True), ("span", (2, 37, 20, 21, 7, 31), 0, False),
+                            ("dynamic", (2, 70, 64, 256, 4, 4), 3, True), ("span", (1, 3, 8, 6, 2, 8), 7, False))]
 )
 
 

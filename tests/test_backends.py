@@ -26,7 +26,9 @@ from oracle import (
     assert_close_to,
     check_dynamic_backend,
     check_span_backend,
+    direct_dynamic_conv,
     gpu_cases,
+    make_dynamic_inputs,
     make_span_inputs,
     run_span,
 )
@@ -38,6 +40,7 @@ CPU_DTYPES = {
     "triton": (torch.float64, torch.float32, torch.float16),  # the interpreter has no bfloat16
     "native": (torch.float64, torch.float32, torch.float16, torch.bfloat16),
 }
+ALL_BACKENDS = ["reference", *CPU_DTYPES]
 BACKEND_DTYPES = [pytest.param(b, dt, id=f"{b}-{str(dt).removeprefix('torch.')}")
                   for b, dts in CPU_DTYPES.items() for dt in dts]
 
@@ -70,6 +73,65 @@ def test_span_matches_oracle(backend, dtype, shape, with_mask):
 def test_dynamic_matches_oracle(backend, dtype, shape, with_mask):
     require(backend)
     check_dynamic_backend(backend, shape, dtype, with_mask=with_mask, seed=3)
+
+
+# (B, L, A, C, num_heads, K): K even, L < K, L = 1, K = 1, d not a power of two
+WINDOW_SHAPES = [(2, 7, 10, 12, 3, 5), (1, 3, 8, 6, 2, 4), (3, 1, 6, 10, 2, 3), (2, 11, 12, 15, 3, 8), (2, 6, 5, 9, 3, 1)]
+
+
+def _offsets(kernel_size):
+    """Every window offset from 0 (all taps ahead) to K - 1 (causal), the centred one (None) included."""
+    return [None, *range(kernel_size)]
+
+
+@pytest.mark.parametrize("shape", WINDOW_SHAPES, ids=str)
+def test_reference_matches_the_definition_at_every_offset(shape):
+    """The oracle itself: the unfold formulation equals the op's definition written as loops."""
+    values, logits, mask = make_dynamic_inputs(shape, with_mask=True, seed=4)
+    for padding_l in _offsets(shape[5]):
+        for m in (None, mask):
+            got = ck.dynamic_conv(values.double(), logits.double(), shape[4], padding_l=padding_l, padding_mask=m,
+                                  backend="reference")
+            want = direct_dynamic_conv(values, logits, shape[4], padding_l, m)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("shape", WINDOW_SHAPES, ids=str)
+def test_every_window_offset_matches_oracle(backend, dtype, shape):
+    """padding_l in [0, K - 1] (causal included), K even or odd, with and without a mask: forward and
+    every gradient of both ops against the float64 reference."""
+    require(backend)
+    for i, padding_l in enumerate(_offsets(shape[5])):
+        with_mask = i % 2 == 1
+        inputs = make_span_inputs(*shape, with_mask=with_mask, seed=i, padding_l=padding_l)
+        check_span_backend(backend, inputs, dtype)
+        check_dynamic_backend(backend, shape, dtype, with_mask=not with_mask, seed=i, padding_l=padding_l)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_causal_window_never_reads_the_future(backend):
+    """With padding_l = K - 1, output t and every gradient reaching t depend on tokens <= t only."""
+    require(backend)
+    values, logits, _ = make_dynamic_inputs((1, 9, 0, 6, 2, 4), seed=1)
+    out = ck.dynamic_conv(values, logits, 2, padding_l=3, backend=backend)
+    changed = values.clone()
+    changed[:, 5:] = torch.randn(1, 4, 6)  # the future of token 4
+    out_changed = ck.dynamic_conv(changed, logits, 2, padding_l=3, backend=backend)
+    assert torch.equal(out[:, :5], out_changed[:, :5])
+    assert not torch.equal(out[:, 5:], out_changed[:, 5:])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("padding_l", [-1, 5, 2.0, True], ids=str)
+def test_bad_padding_l_is_a_clear_error(backend, padding_l):
+    require(backend)
+    values, logits, _ = make_dynamic_inputs((1, 6, 0, 6, 2, 5))
+    with pytest.raises((ValueError, TypeError), match="padding_l"):
+        ck.dynamic_conv(values, logits, 2, padding_l=padding_l, backend=backend)
+    inputs = make_span_inputs(1, 6, 4, 6, 2, 5)
+    with pytest.raises((ValueError, TypeError), match="padding_l"):
+        ck.span_dynamic_conv(*inputs.tensors(), 2, padding_l=padding_l, backend=backend)
 
 
 @pytest.mark.parametrize("backend", CPU_DTYPES)
@@ -257,19 +319,19 @@ def test_opcheck(backend):
     require(backend)
     op = _ops(backend)
     inputs = make_span_inputs(2, 5, 6, 6, 2, 3, with_mask=True)
-    span_args = (*inputs.tensors(), 2, inputs.padding_mask)
+    span_args = (*inputs.tensors(), 2, 1, inputs.padding_mask)  # K = 3, centred: padding_l = 1
     torch.library.opcheck(op["span_fwd"], (*span_args, True))
-    torch.library.opcheck(op["span_fwd"], (*span_args[:4], None, 2, None, True))
-    torch.library.opcheck(op["span_fwd"], (*(t.detach() for t in inputs.tensors()), 2, None, False))
+    torch.library.opcheck(op["span_fwd"], (*span_args[:4], None, 2, 2, None, True))  # causal
+    torch.library.opcheck(op["span_fwd"], (*(t.detach() for t in inputs.tensors()), 2, 0, None, False))
     _out, probs = op["span_fwd"](*span_args, True)
     g = torch.randn(2, 5, 6)
     plain = [t.detach() for t in inputs.tensors()[:4]]
-    torch.library.opcheck(op["span_bwd"], (g, *plain, probs, 2, inputs.padding_mask))
+    torch.library.opcheck(op["span_bwd"], (g, *plain, probs, 2, 1, inputs.padding_mask))
     logits = torch.randn(2, 5, 6, requires_grad=True)
-    torch.library.opcheck(op["dynamic_fwd"], (inputs.values, logits, 2, inputs.padding_mask, True))
-    torch.library.opcheck(op["dynamic_fwd"], (inputs.values.detach(), logits.detach(), 2, None, False))
-    _out, probs = op["dynamic_fwd"](inputs.values, logits, 2, None, True)
-    torch.library.opcheck(op["dynamic_bwd"], (g, inputs.values.detach(), probs, 2, None))
+    torch.library.opcheck(op["dynamic_fwd"], (inputs.values, logits, 2, 2, inputs.padding_mask, True))
+    torch.library.opcheck(op["dynamic_fwd"], (inputs.values.detach(), logits.detach(), 2, 0, None, False))
+    _out, probs = op["dynamic_fwd"](inputs.values, logits, 2, 2, None, True)
+    torch.library.opcheck(op["dynamic_bwd"], (g, inputs.values.detach(), probs, 2, 2, None))
 
 
 @pytest.mark.parametrize("backend", COMPILED)
@@ -277,7 +339,7 @@ def test_probs_saved_only_for_a_backward_and_not_differentiable(backend):
     require(backend)
     op = _ops(backend)
     inputs = make_span_inputs(2, 7, 10, 12, 3, 5, with_mask=True)
-    args = (*inputs.tensors(), 3, inputs.padding_mask)
+    args = (*inputs.tensors(), 3, 2, inputs.padding_mask)
     _out, probs = op["span_fwd"](*args, True)
     assert probs.shape == (2, 7, 3, 5) and probs.dtype == torch.float32 and not probs.requires_grad
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 7, 3))
@@ -286,7 +348,7 @@ def test_probs_saved_only_for_a_backward_and_not_differentiable(backend):
         ref = ck.span_dynamic_conv(*(t.double() for t in inputs.tensors()), 3, padding_mask=inputs.padding_mask,
                                    backend="reference")
         _, unsaved = op["span_fwd"](*args, False)
-        _, unsaved_dynamic = op["dynamic_fwd"](inputs.values, torch.randn(2, 7, 15), 3, None, False)
+        _, unsaved_dynamic = op["dynamic_fwd"](inputs.values, torch.randn(2, 7, 15), 3, 2, None, False)
     assert unsaved.numel() == 0 and unsaved_dynamic.numel() == 0
     assert_close_to(out, ref, torch.float32, "no-grad forward")
 
@@ -297,22 +359,24 @@ def _bad_calls(backend):
     q, kc, v, w, b = (t.detach() for t in make_span_inputs(2, 7, 10, 12, 3, 5).tensors())
     probs = torch.rand(2, 7, 3, 5)
     return [
-        ("even K", op["span_fwd"], (q, kc, v, w[:12], b[:12], 3, None, True)),
-        ("C not divisible by heads", op["span_fwd"], (q, kc, v[..., :11], w, b, 3, None, True)),
-        ("weight dtype", op["span_fwd"], (q, kc, v, w.double(), b, 3, None, True)),
-        ("bias shape", op["span_fwd"], (q, kc, v, w, b[:5], 3, None, True)),
-        ("mask shape", op["span_fwd"], (q, kc, v, w, b, 3, torch.ones(2, 6, dtype=torch.bool), True)),
-        ("query shape", op["span_fwd"], (q[:, :5], kc[:, :5], v, w, b, 3, None, True)),
-        ("logits B/L", op["dynamic_fwd"], (v, torch.randn(2, 6, 15), 3, None, True)),
-        ("even K (dynamic)", op["dynamic_fwd"], (v, torch.randn(2, 7, 12), 3, None, True)),
-        ("probs dtype", op["dynamic_bwd"], (v, v, probs.double(), 3, None)),
-        ("probs not saved", op["span_bwd"], (v, q, kc, v, w, torch.empty(0), 3, None)),
-        ("grad_out shape", op["span_bwd"], (v[:, :5], q, kc, v, w, probs, 3, None)),
+        ("padding_l = K", op["span_fwd"], (q, kc, v, w, b, 3, 5, None, True)),
+        ("C not divisible by heads", op["span_fwd"], (q, kc, v[..., :11], w, b, 3, 2, None, True)),
+        ("weight dtype", op["span_fwd"], (q, kc, v, w.double(), b, 3, 2, None, True)),
+        ("bias shape", op["span_fwd"], (q, kc, v, w, b[:5], 3, 2, None, True)),
+        ("mask shape", op["span_fwd"], (q, kc, v, w, b, 3, 2, torch.ones(2, 6, dtype=torch.bool), True)),
+        ("query shape", op["span_fwd"], (q[:, :5], kc[:, :5], v, w, b, 3, 2, None, True)),
+        ("logits B/L", op["dynamic_fwd"], (v, torch.randn(2, 6, 15), 3, 2, None, True)),
+        ("logits not n*K", op["dynamic_fwd"], (v, torch.randn(2, 7, 14), 3, 2, None, True)),
+        ("padding_l < 0 (dynamic)", op["dynamic_fwd"], (v, torch.randn(2, 7, 15), 3, -1, None, True)),
+        ("padding_l = K (backward)", op["dynamic_bwd"], (v, v, probs, 3, 5, None)),
+        ("probs dtype", op["dynamic_bwd"], (v, v, probs.double(), 3, 2, None)),
+        ("probs not saved", op["span_bwd"], (v, q, kc, v, w, torch.empty(0), 3, 2, None)),
+        ("grad_out shape", op["span_bwd"], (v[:, :5], q, kc, v, w, probs, 3, 2, None)),
     ]
 
 
 @pytest.mark.parametrize("backend", COMPILED)
-@pytest.mark.parametrize("index", range(11))
+@pytest.mark.parametrize("index", range(13))
 def test_fakes_refuse_what_the_ops_refuse(backend, index):
     """A traced (fake-tensor) call fails where a real one does: the fakes check what the kernels do."""
     from torch._subclasses.fake_tensor import FakeTensorMode

@@ -62,7 +62,8 @@ def _reference(case, round_to):
         return run_span(inputs, "reference", span_grad_out(inputs.values.shape).to(round_to).double())
     values, logits, mask = make_dynamic_inputs(case.shape, with_mask=case.with_mask, seed=case.seed)
     v, lg = (t.to(round_to).double().requires_grad_(True) for t in (values, logits))
-    return run_dynamic(v, lg, case.shape[4], mask, "reference", dynamic_grad_out(values.shape).to(round_to).double())
+    return run_dynamic(v, lg, case.shape[4], mask, "reference", dynamic_grad_out(values.shape).to(round_to).double(),
+                       case.padding_l)
 
 
 def _emulate(case, dtype, kernel=None):
@@ -73,10 +74,10 @@ def _emulate(case, dtype, kernel=None):
                                      case.dtype)
         (g,) = emu.rounded([span_grad_out(v.shape)], case.dtype)
         return emu.span_dynamic_conv(q, kc, v, w, b, case.shape[4], inputs.padding_mask, g, dtype,
-                                     kernel or case.backend)
+                                     kernel or case.backend, case.padding_l)
     values, logits, mask = make_dynamic_inputs(case.shape, with_mask=case.with_mask, seed=case.seed)
     v, lg, g = emu.rounded([values, logits, dynamic_grad_out(values.shape)], case.dtype)
-    return emu.dynamic_conv(v, lg, case.shape[4], mask, g, dtype)
+    return emu.dynamic_conv(v, lg, case.shape[4], mask, g, dtype, case.padding_l)
 
 
 def _old_criterion_ratio(actual, unrounded_ref):

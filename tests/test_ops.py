@@ -24,13 +24,14 @@ def _good():
     return make_span_inputs(2, 7, 10, 12, 3, 5)
 
 
-def test_even_kernel_size_rejected():
+def test_even_kernel_size_is_a_window_of_its_own():
+    """Any K >= 1: an even K has one more tap after the token than before (padding_l = (K - 1) // 2)."""
     i = _good()
     w = torch.randn(3 * 4, 10)
-    with pytest.raises(ValueError, match="odd"):
-        ck.span_dynamic_conv(i.query, i.key_conv, i.values, w, None, 3)
-    with pytest.raises(ValueError, match="odd"):
-        ck.dynamic_conv(i.values, torch.randn(2, 7, 12), 3)
+    out = ck.span_dynamic_conv(i.query, i.key_conv, i.values, w, None, 3)
+    assert torch.equal(out, ck.span_dynamic_conv(i.query, i.key_conv, i.values, w, None, 3, padding_l=1))
+    with pytest.raises(ValueError, match="K must be >= 1"):
+        ck.dynamic_conv(i.values, torch.randn(2, 7, 0), 3)
 
 
 @pytest.mark.parametrize(
