@@ -92,7 +92,9 @@ class ConvBertConfig:
         classifier_dropout: dropout of the classification heads (default: hidden_dropout_prob).
         conv_backend: ``convbert_kernels`` backend of the convolution branch ("auto", "eager",
             "reference", "triton", "native"). Not a Hugging Face key; transformers ignores it.
-        conv_mask_padding: when True the convolution branch treats padding positions as zeros.
+        conv_mask_padding: when True the whole convolution branch (the separable convolution that
+            makes ``key_conv`` and the dynamic convolution's value windows) treats padding positions
+            as zeros, so a sequence gives the same outputs alone as in any right-padded batch.
             Hugging Face does not (padding leaks into the windows of nearby tokens), so the
             default False keeps checkpoint parity.
         num_labels / id2label / label2id: classification labels (default 2).

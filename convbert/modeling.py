@@ -143,10 +143,15 @@ class ConvBertSelfAttention(nn.Module):
         Returns (context [B, L, 2A], attention probabilities [B, n, L, L] or None).
         """
         query = self.query(hidden_states)
+        conv_mask = padding_mask if self.config.conv_mask_padding else None
+        conv_input = hidden_states
+        if conv_mask is not None:
+            # the separable convolution reads K neighbours too: padding must be zeros there as well,
+            # or a sequence's outputs depend on the padding around it
+            conv_input = hidden_states.masked_fill(~conv_mask.bool()[..., None], 0)
         conv = conv_branch(
-            query, self.key_conv_attn_layer(hidden_states), self.conv_out_layer(hidden_states), self.conv_kernel_layer,
-            self.num_attention_heads, padding_mask=padding_mask if self.config.conv_mask_padding else None,
-            backend=self.config.conv_backend,
+            query, self.key_conv_attn_layer(conv_input), self.conv_out_layer(hidden_states), self.conv_kernel_layer,
+            self.num_attention_heads, padding_mask=conv_mask, backend=self.config.conv_backend,
         )
         context, probs = attention_branch(
             query, self.key(hidden_states), self.value(hidden_states), self.num_attention_heads,
