@@ -202,13 +202,13 @@ def _inputs(case: Case):
 def _run_launchers(k, case: Case) -> None:
     """Every launcher the backend's ops call for this case: span and dynamic, forward and backward."""
     q, kc, v, w, b, mask = _inputs(case)
-    out, probs = k.span_forward(q, kc, v, w, b, case.heads, case.padding_l, mask, case.save_probs)
+    out, probs = k.span_forward(q, kc, v, w, b, case.heads, case.padding_l, mask, save_probs=case.save_probs)
     logits = torch.zeros(case.batch, case.length, case.heads * case.taps, dtype=case.dtype)
-    k.dynamic_forward(v, logits, case.heads, case.padding_l, mask, case.save_probs)
+    k.dynamic_forward(v, logits, case.heads, case.padding_l, mask, save_probs=case.save_probs)
     if case.save_probs:  # the backward exists only where the forward saved probabilities
         probs = torch.rand(case.batch, case.length, case.heads, case.taps, dtype=probs.dtype)
         k.span_backward(out, q, kc, v, w, probs, case.heads, case.padding_l, mask)
-        k.window_backward(out, v, probs, case.heads, case.padding_l, mask, case.dtype)
+        k.window_backward(out, v, probs, case.heads, case.padding_l, mask, None, case.dtype)
 
 
 def collect(archs=(90, 80), progress=True) -> list[Specialisation]:

@@ -3,15 +3,19 @@
 Both compiled backends register four ops with the same signatures in the ``convbert_kernels``
 namespace (``triton_*`` in :mod:`.triton_backend`, ``native_*`` in csrc/ops.cpp)::
 
-    *_span_fwd(query, key_conv, values, weight, bias?, num_heads, padding_l, padding_mask?, save_probs)
-        -> (out, probs)
-    *_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask?)
-        -> (d_query, d_key_conv, d_values, d_weight, d_bias)
-    *_dynamic_fwd(values, logits, num_heads, padding_l, padding_mask?, save_probs) -> (out, probs)
-    *_dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mask?) -> (d_values, d_logits)
+    *_span_fwd(query, key_conv, values, weight, bias?, num_heads, padding_l, padding_mask?, seq_bounds?,
+               save_probs) -> (out, probs)
+    *_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask?,
+               seq_bounds?) -> (d_query, d_key_conv, d_values, d_weight, d_bias)
+    *_dynamic_fwd(values, logits, num_heads, padding_l, padding_mask?, seq_bounds?, save_probs) -> (out, probs)
+    *_dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mask?, seq_bounds?)
+        -> (d_values, d_logits)
 
 Tap ``k`` of token ``t`` reads value ``t + k - padding_l`` (``0 <= padding_l <= K - 1``; the public
-ops resolve ``None`` to ``(K - 1) // 2``). ``probs``, the softmaxed taps, is ``[B, L, n, K]`` in float32 (float64 for float64 inputs), or an
+ops resolve ``None`` to ``(K - 1) // 2``). ``seq_bounds`` (packed sequences), int64 ``[2, B*L]``:
+for the token at flattened row ``f = b * L + t``, its sequence's rows ``[seq_bounds[0, f],
+seq_bounds[1, f])``; window rows outside it count as zero (the ops do not check its contents:
+that would cost a device sync; :func:`convbert_kernels.ops.dynamic_conv` validates ``cu_seqlens``). ``probs``, the softmaxed taps, is ``[B, L, n, K]`` in float32 (float64 for float64 inputs), or an
 empty ``[0]`` tensor when ``save_probs`` is false; it is not differentiable. ``d_bias`` is always
 returned. The fake (meta) implementations below check with ``torch._check`` what the real ops
 check (csrc/ops.cpp; the Triton ops call the same checks before launching), so a traced call
@@ -74,6 +78,16 @@ def _check_mask(padding_mask, values):
                      lambda: f"padding_mask is on {padding_mask.device} but values is on {values.device}")
 
 
+def _check_bounds(seq_bounds, values):
+    if seq_bounds is not None:
+        tokens = values.shape[0] * values.shape[1]
+        _check(seq_bounds.dtype == torch.int64, lambda: f"seq_bounds must be int64, got {seq_bounds.dtype}")
+        _check(seq_bounds.dim() == 2 and seq_bounds.shape[0] == 2 and seq_bounds.shape[1] == tokens,
+               lambda: f"seq_bounds must be [2, B*L] = [2, {tokens}], got {tuple(seq_bounds.shape)}")
+        _check(seq_bounds.device == values.device,
+               lambda: f"seq_bounds is on {seq_bounds.device} but values is on {values.device}")
+
+
 def _check_span(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask) -> int:
     _check(query.dim() == 3 and query.shape == key_conv.shape, lambda: "query and key_conv must be [B, L, A]")
     _check(query.shape[:2] == values.shape[:2], lambda: "query and values must share [B, L]")
@@ -108,18 +122,21 @@ def _contiguous_like(t):
     return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
-def check_span_fwd(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask) -> int:
+def check_span_fwd(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, seq_bounds) -> int:
     """Check a ``*_span_fwd`` call; return K."""
+    _check_bounds(seq_bounds, values)
     return _check_span(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask)
 
 
-def check_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask) -> None:
+def check_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask,
+                   seq_bounds) -> None:
+    _check_bounds(seq_bounds, values)
     kernel_size = _check_span(query, key_conv, values, weight, None, num_heads, padding_l, padding_mask)
     _check_probs(probs, values, num_heads, kernel_size)
     _check(grad_out.shape == values.shape, lambda: "grad_out must have the shape of values")
 
 
-def check_dynamic_fwd(values, logits, num_heads, padding_l, padding_mask) -> int:
+def check_dynamic_fwd(values, logits, num_heads, padding_l, padding_mask, seq_bounds) -> int:
     """Check a ``*_dynamic_fwd`` call; return K."""
     _check(logits.dim() == 3 and logits.shape[:2] == values.shape[:2],
                  lambda: "logits must be [B, L, n*K] with the values' B and L")
@@ -127,10 +144,11 @@ def check_dynamic_fwd(values, logits, num_heads, padding_l, padding_mask) -> int
     kernel_size = _check_heads(values, num_heads, logits.shape[2])
     _check_padding_l(padding_l, kernel_size)
     _check_mask(padding_mask, values)
+    _check_bounds(seq_bounds, values)
     return kernel_size
 
 
-def check_dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mask) -> None:
+def check_dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mask, seq_bounds) -> None:
     _check(probs.dim() == 4, lambda: f"probs must be [B, L, n, K], got {tuple(probs.shape)} "
                                            "(run the forward with save_probs=True)")
     kernel_size = _check_heads(values, num_heads, num_heads * probs.shape[3])
@@ -138,26 +156,28 @@ def check_dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mas
     _check_padding_l(padding_l, kernel_size)
     _check(grad_out.shape == values.shape, lambda: "grad_out must have the shape of values")
     _check_mask(padding_mask, values)
+    _check_bounds(seq_bounds, values)
 
 
-def span_fwd(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, save_probs):
-    kernel_size = check_span_fwd(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask)
+def span_fwd(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, seq_bounds, save_probs):
+    kernel_size = check_span_fwd(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask,
+                                 seq_bounds)
     return _contiguous_like(values), _new_probs(values, num_heads, kernel_size, save_probs)
 
 
-def span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask):
-    check_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask)
+def span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask, seq_bounds):
+    check_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask, seq_bounds)
     return (_contiguous_like(query), _contiguous_like(key_conv), _contiguous_like(values),
             _contiguous_like(weight), weight.new_empty((weight.shape[0],)))
 
 
-def dynamic_fwd(values, logits, num_heads, padding_l, padding_mask, save_probs):
-    kernel_size = check_dynamic_fwd(values, logits, num_heads, padding_l, padding_mask)
+def dynamic_fwd(values, logits, num_heads, padding_l, padding_mask, seq_bounds, save_probs):
+    kernel_size = check_dynamic_fwd(values, logits, num_heads, padding_l, padding_mask, seq_bounds)
     return _contiguous_like(values), _new_probs(values, num_heads, kernel_size, save_probs)
 
 
-def dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mask):
-    check_dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mask)
+def dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mask, seq_bounds):
+    check_dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mask, seq_bounds)
     return _contiguous_like(values), values.new_empty((*values.shape[:2], probs.shape[2] * probs.shape[3]))
 
 
@@ -180,8 +200,8 @@ def make_backend(prefix: str, is_available: Callable[[torch.device], bool]) -> B
         torch.library.register_fake(f"{NAMESPACE}::{prefix}_{name}", fake)
 
     def span_setup(ctx, inputs, output):
-        query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, _save_probs = inputs
-        ctx.save_for_backward(query, key_conv, values, weight, output[1], padding_mask)
+        query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, seq_bounds, _save_probs = inputs
+        ctx.save_for_backward(query, key_conv, values, weight, output[1], padding_mask, seq_bounds)
         ctx.num_heads, ctx.padding_l = num_heads, padding_l
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(output[1])
@@ -194,33 +214,38 @@ def make_backend(prefix: str, is_available: Callable[[torch.device], bool]) -> B
 
     def span_backward(ctx, grad_out, _grad_probs):
         refuse_double_backward()
-        query, key_conv, values, weight, probs, padding_mask = ctx.saved_tensors
+        query, key_conv, values, weight, probs, padding_mask, seq_bounds = ctx.saved_tensors
         d_query, d_key_conv, d_values, d_weight, d_bias = span_bwd_op(
-            grad_out, query, key_conv, values, weight, probs, ctx.num_heads, ctx.padding_l, padding_mask)
-        return d_query, d_key_conv, d_values, d_weight, (d_bias if ctx.has_bias else None), None, None, None, None
+            grad_out, query, key_conv, values, weight, probs, ctx.num_heads, ctx.padding_l, padding_mask, seq_bounds)
+        return (d_query, d_key_conv, d_values, d_weight, (d_bias if ctx.has_bias else None),
+                None, None, None, None, None)
 
     def dynamic_setup(ctx, inputs, output):
-        values, _logits, num_heads, padding_l, padding_mask, _save_probs = inputs
-        ctx.save_for_backward(values, output[1], padding_mask)
+        values, _logits, num_heads, padding_l, padding_mask, seq_bounds, _save_probs = inputs
+        ctx.save_for_backward(values, output[1], padding_mask, seq_bounds)
         ctx.num_heads, ctx.padding_l = num_heads, padding_l
         ctx.mark_non_differentiable(output[1])
 
     def dynamic_backward(ctx, grad_out, _grad_probs):
         refuse_double_backward()
-        values, probs, padding_mask = ctx.saved_tensors
-        d_values, d_logits = dynamic_bwd_op(grad_out, values, probs, ctx.num_heads, ctx.padding_l, padding_mask)
-        return d_values, d_logits, None, None, None, None
+        values, probs, padding_mask, seq_bounds = ctx.saved_tensors
+        d_values, d_logits = dynamic_bwd_op(grad_out, values, probs, ctx.num_heads, ctx.padding_l, padding_mask,
+                                            seq_bounds)
+        return d_values, d_logits, None, None, None, None, None
 
     torch.library.register_autograd(f"{NAMESPACE}::{prefix}_span_fwd", span_backward, setup_context=span_setup)
     torch.library.register_autograd(f"{NAMESPACE}::{prefix}_dynamic_fwd", dynamic_backward,
                                     setup_context=dynamic_setup)
 
-    def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask=None):
+    def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask=None,
+                          seq_bounds=None):
         save = _needs_grad(query, key_conv, values, weight, bias)
-        return span_fwd_op(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, save)[0]
+        return span_fwd_op(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, seq_bounds,
+                           save)[0]
 
-    def dynamic_conv(values, logits, num_heads, padding_l, padding_mask=None):
-        return dynamic_fwd_op(values, logits, num_heads, padding_l, padding_mask, _needs_grad(values, logits))[0]
+    def dynamic_conv(values, logits, num_heads, padding_l, padding_mask=None, seq_bounds=None):
+        save = _needs_grad(values, logits)
+        return dynamic_fwd_op(values, logits, num_heads, padding_l, padding_mask, seq_bounds, save)[0]
 
     return Backend(name=prefix, dynamic_conv=dynamic_conv, span_dynamic_conv=span_dynamic_conv,
                    is_available=is_available)

@@ -126,3 +126,69 @@ def check_span_dynamic_conv(
     if bias is not None and bias.shape[0] != weight.shape[0]:
         raise ValueError(f"bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
     return kernel_size
+
+
+def _check_packed(name: str, t: object, width_name: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"with cu_seqlens, {name} must be packed [T, {width_name}] (no batch dimension), "
+                         f"got shape {tuple(t.shape)}")
+    return t
+
+
+def seq_bounds_from_cu_seqlens(cu_seqlens: object, total: int, max_seqlen: object, device: torch.device,
+                               padding_mask: object) -> torch.Tensor:
+    """Validate ``cu_seqlens`` (``[N+1]``, from 0, non-decreasing, ending at ``total``) and return the
+    kernels' per-token bounds: int64 ``[2, total]``, each token's sequence as rows ``[start, end)``.
+
+    On the CPU every property is checked with a clear ValueError. On a GPU, reading the values back
+    would stall the stream, so they are checked by device-side assertions instead (a failure
+    surfaces as a CUDA error carrying the same message at the next synchronisation).
+    """
+    if padding_mask is not None:
+        raise ValueError("pass either padding_mask (padded [B, L] input) or cu_seqlens (packed [T] input), not both")
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise ValueError(f"cu_seqlens must be 1-D [N + 1] with N >= 0, got shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+    if cu_seqlens.device != device:
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but the inputs are on {device}")
+    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not hasattr(max_seqlen, "__index__")
+                                   or operator.index(max_seqlen) < 0):
+        raise ValueError(f"max_seqlen must be a non-negative int or None, got {max_seqlen!r}")
+    cu = cu_seqlens.long()
+    lengths = cu[1:] - cu[:-1]
+    checks = (
+        (cu[0] == 0, "cu_seqlens must start at 0"),
+        ((lengths >= 0).all(), "cu_seqlens must be non-decreasing"),
+        (cu[-1] == total, f"cu_seqlens must end at the number of packed tokens T = {total}"),
+    )
+    if max_seqlen is not None:
+        longest = lengths.max() if lengths.numel() else cu.new_zeros(())
+        checks += ((longest <= operator.index(max_seqlen), f"a sequence is longer than max_seqlen={max_seqlen}"),)
+    if device.type == "cpu" and not torch.compiler.is_compiling():
+        for ok, message in checks:
+            if not bool(ok):
+                raise ValueError(f"{message}; got cu_seqlens={cu_seqlens.tolist()[:16]}"
+                                 f"{' ...' if cu_seqlens.numel() > 16 else ''}")
+    else:
+        for ok, message in checks:
+            torch._assert_async(ok, message)
+    # repeat_interleave with output_size: no device-to-host copy
+    starts = torch.repeat_interleave(cu[:-1], lengths.clamp_min(0), output_size=total)
+    ends = torch.repeat_interleave(cu[1:], lengths.clamp_min(0), output_size=total)
+    return torch.stack([starts, ends])
+
+
+def check_packed_dynamic_conv(values: object, logits: object) -> None:
+    _check_packed("values", values, "C")
+    _check_packed("logits", logits, "n*K")
+
+
+def check_packed_span_dynamic_conv(query: object, key_conv: object, values: object) -> None:
+    _check_packed("query", query, "A")
+    _check_packed("key_conv", key_conv, "A")
+    _check_packed("values", values, "C")

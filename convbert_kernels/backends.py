@@ -21,12 +21,14 @@ class Backend:
 
     Both callables receive inputs already checked by :mod:`convbert_kernels._validation`
     (same device and dtype, consistent shapes, K >= 1, ``padding_l`` an int in ``[0, K - 1]``, bool
-    ``padding_mask`` or None) and must support autograd with respect to every floating tensor input.
+    ``padding_mask`` or None; ``seq_bounds``, packed sequences' per-token bounds, see
+    :mod:`._compiled_ops`) and must support autograd with respect to every floating tensor input.
     """
 
     name: str
-    dynamic_conv: Callable[..., torch.Tensor]  # (values, logits, num_heads, padding_l, padding_mask)
-    # (query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask)
+    # (values, logits, num_heads, padding_l, padding_mask=None, seq_bounds=None)
+    dynamic_conv: Callable[..., torch.Tensor]
+    # (query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask=None, seq_bounds=None)
     span_dynamic_conv: Callable[..., torch.Tensor]
     is_available: Callable[[torch.device], bool]
 

@@ -20,8 +20,10 @@ from .ops import span_dynamic_conv
 
 
 def conv_branch(query: torch.Tensor, key_conv: torch.Tensor, conv_out: torch.Tensor, conv_kernel_layer: nn.Linear,
-                num_heads: int, *, padding_mask: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
-    """The span-based dynamic convolution half: ``[B, L, A]`` in the dtype of ``query``.
+                num_heads: int, *, padding_mask: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                backend: str = "auto") -> torch.Tensor:
+    """The span-based dynamic convolution half: ``[B, L, A]`` (packed ``[T, A]`` with ``cu_seqlens``)
+    in the dtype of ``query``.
 
     Under autocast the projections come out in the autocast dtype while fp32 parameters (the
     separable convolution's bias, ``conv_kernel_layer``) do not: they are cast as ``nn.Linear``
@@ -31,7 +33,8 @@ def conv_branch(query: torch.Tensor, key_conv: torch.Tensor, conv_out: torch.Ten
     bias = conv_kernel_layer.bias
     return span_dynamic_conv(
         query, key_conv.to(dtype), conv_out.to(dtype), conv_kernel_layer.weight.to(dtype),
-        None if bias is None else bias.to(dtype), num_heads, padding_mask=padding_mask, backend=backend,
+        None if bias is None else bias.to(dtype), num_heads, padding_mask=padding_mask, cu_seqlens=cu_seqlens,
+        backend=backend,
     )
 
 

@@ -32,6 +32,8 @@ def dynamic_conv(
     *,
     padding_l: int | None = None,
     padding_mask: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Span-based dynamic convolution from precomputed kernel logits.
@@ -54,11 +56,18 @@ def dynamic_conv(
             (every tap on the past, as a decoder needs); any int in ``[0, K - 1]``.
         padding_mask: optional ``[B, L]``, 1 (or True) for tokens, 0 for padding; values at padded
             positions then count as zero.
+        cu_seqlens: packed sequences instead of a padded batch (as flash-attention's varlen
+            functions): ``values`` ``[T, C]`` and ``logits`` ``[T, n*K]`` hold N sequences back to
+            back, ``cu_seqlens`` (int32/int64 ``[N + 1]``, from 0, non-decreasing, ending at T;
+            empty sequences allowed) where they start; no window reaches outside its token's own
+            sequence. Not together with ``padding_mask``.
+        max_seqlen: the longest sequence's length, optional, as flash-attention takes it: checked
+            against ``cu_seqlens``; the kernels do not need it.
         backend: ``"auto"`` (fastest available for the inputs' device) or one of
             :func:`available_backends`.
 
     Returns:
-        ``[B, L, C]`` in the dtype of ``values``.
+        ``[B, L, C]`` (``[T, C]`` with ``cu_seqlens``) in the dtype of ``values``.
 
     Every backend gives the same answer at the edges: padded values count as zero even when they
     are inf or NaN; a head whose K logits are all ``-inf`` gives NaN, as ``torch.softmax`` does;
@@ -69,10 +78,18 @@ def dynamic_conv(
         ValueError: inconsistent shapes, devices or dtypes, ``padding_l`` outside ``[0, K - 1]``, or an
             unavailable backend.
     """
+    if cu_seqlens is not None:
+        _validation.check_packed_dynamic_conv(values, logits)
+        values, logits = values.unsqueeze(0), logits.unsqueeze(0)  # one row of T tokens
     kernel_size = _validation.check_dynamic_conv(values, logits, num_heads)
     padding_l = _validation.resolve_padding_l(padding_l, kernel_size)
-    mask = _validation.normalize_padding_mask(padding_mask, values)
     impl = resolve_backend(backend, values.device)
+    if cu_seqlens is not None:
+        bounds = _validation.seq_bounds_from_cu_seqlens(cu_seqlens, values.shape[1], max_seqlen, values.device,
+                                                        padding_mask)
+        with _without_autocast(values.device):
+            return impl.dynamic_conv(values, logits, num_heads, padding_l, None, bounds)[0]
+    mask = _validation.normalize_padding_mask(padding_mask, values)
     with _without_autocast(values.device):
         return impl.dynamic_conv(values, logits, num_heads, padding_l, mask)
 
@@ -87,6 +104,8 @@ def span_dynamic_conv(
     *,
     padding_l: int | None = None,
     padding_mask: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """ConvBERT's whole convolution branch after its projections, fused where the backend can.
@@ -104,10 +123,12 @@ def span_dynamic_conv(
         num_heads: number of convolution heads ``n``.
         padding_l: the window offset, as for :func:`dynamic_conv` (default: centred).
         padding_mask: optional ``[B, L]`` (1 = token, 0 = padding); padded values count as zero.
+        cu_seqlens, max_seqlen: packed sequences, as for :func:`dynamic_conv`: ``query`` and
+            ``key_conv`` ``[T, A]``, ``values`` ``[T, C]``, output ``[T, C]``.
         backend: ``"auto"`` or one of :func:`available_backends`.
 
     Returns:
-        ``[B, L, C]`` in the dtype of ``values``. All inputs share one dtype; the op computes in it
+        ``[B, L, C]`` (``[T, C]`` with ``cu_seqlens``) in the dtype of ``values``. All inputs share one dtype; the op computes in it
         (accumulating in at least fp32) whether or not an autocast region encloses the call.
         Edge cases as for :func:`dynamic_conv`; with A = 0 the logits are the bias alone.
 
@@ -115,9 +136,18 @@ def span_dynamic_conv(
         ValueError: inconsistent shapes, devices or dtypes, ``padding_l`` outside ``[0, K - 1]``, or an
             unavailable backend.
     """
+    if cu_seqlens is not None:
+        _validation.check_packed_span_dynamic_conv(query, key_conv, values)
+        query, key_conv, values = query.unsqueeze(0), key_conv.unsqueeze(0), values.unsqueeze(0)
     kernel_size = _validation.check_span_dynamic_conv(query, key_conv, values, weight, bias, num_heads)
     padding_l = _validation.resolve_padding_l(padding_l, kernel_size)
-    mask = _validation.normalize_padding_mask(padding_mask, values)
     impl = resolve_backend(backend, values.device)
+    if cu_seqlens is not None:
+        bounds = _validation.seq_bounds_from_cu_seqlens(cu_seqlens, values.shape[1], max_seqlen, values.device,
+                                                        padding_mask)
+        with _without_autocast(values.device):
+            return impl.span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_l, None,
+                                          bounds)[0]
+    mask = _validation.normalize_padding_mask(padding_mask, values)
     with _without_autocast(values.device):
         return impl.span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_l, mask)

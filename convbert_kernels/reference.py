@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from .backends import Backend
+from .eager import window_validity
 
 
-def dynamic_conv(values, logits, num_heads, padding_l, padding_mask=None):
+def dynamic_conv(values, logits, num_heads, padding_l, padding_mask=None, seq_bounds=None):
     batch, length, channels = values.shape
     head_size = channels // num_heads
     kernel_size = logits.shape[-1] // num_heads
@@ -24,13 +25,17 @@ def dynamic_conv(values, logits, num_heads, padding_l, padding_mask=None):
     # [B, L + K, C] -> unfold -> [B, L, C, K]: tap k of token t reads t + k - padding_l (one spare
     # row of padding, so that L = 0 still unfolds)
     windows = F.pad(values, (0, 0, padding_l, kernel_size - padding_l)).unfold(1, kernel_size, 1)[:, :length]
+    if seq_bounds is not None:  # packed sequences: rows of other sequences read as zero
+        valid = window_validity(seq_bounds, batch, length, kernel_size, padding_l)
+        windows = windows.masked_fill(~valid[:, :, None, :], 0)
     windows = windows.reshape(rows, head_size, kernel_size)  # [B*L*n, d, K], a K-times larger copy
     return torch.matmul(windows, probs).reshape(batch, length, channels)
 
 
-def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask=None):
+def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask=None,
+                      seq_bounds=None):
     logits = F.linear(key_conv * query, weight, bias)
-    return dynamic_conv(values, logits, num_heads, padding_l, padding_mask)
+    return dynamic_conv(values, logits, num_heads, padding_l, padding_mask, seq_bounds)
 
 
 BACKEND = Backend(

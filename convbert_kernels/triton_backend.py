@@ -28,35 +28,40 @@ from . import triton_kernels as _k
 @torch.library.custom_op(f"{_contract.NAMESPACE}::triton_span_fwd", mutates_args=())
 def triton_span_fwd(
     query: Tensor, key_conv: Tensor, values: Tensor, weight: Tensor, bias: Optional[Tensor],
-    num_heads: int, padding_l: int, padding_mask: Optional[Tensor], save_probs: bool,
+    num_heads: int, padding_l: int, padding_mask: Optional[Tensor], seq_bounds: Optional[Tensor], save_probs: bool,
 ) -> tuple[Tensor, Tensor]:
-    _contract.check_span_fwd(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask)
-    return _k.span_forward(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, save_probs)
+    _contract.check_span_fwd(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, seq_bounds)
+    return _k.span_forward(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, seq_bounds,
+                           save_probs)
 
 
 @torch.library.custom_op(f"{_contract.NAMESPACE}::triton_span_bwd", mutates_args=())
 def triton_span_bwd(
     grad_out: Tensor, query: Tensor, key_conv: Tensor, values: Tensor, weight: Tensor, probs: Tensor,
-    num_heads: int, padding_l: int, padding_mask: Optional[Tensor],
+    num_heads: int, padding_l: int, padding_mask: Optional[Tensor], seq_bounds: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    _contract.check_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask)
-    return _k.span_backward(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask)
+    _contract.check_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask,
+                             seq_bounds)
+    return _k.span_backward(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask,
+                            seq_bounds)
 
 
 @torch.library.custom_op(f"{_contract.NAMESPACE}::triton_dynamic_fwd", mutates_args=())
 def triton_dynamic_fwd(
-    values: Tensor, logits: Tensor, num_heads: int, padding_l: int, padding_mask: Optional[Tensor], save_probs: bool
+    values: Tensor, logits: Tensor, num_heads: int, padding_l: int, padding_mask: Optional[Tensor],
+    seq_bounds: Optional[Tensor], save_probs: bool,
 ) -> tuple[Tensor, Tensor]:
-    _contract.check_dynamic_fwd(values, logits, num_heads, padding_l, padding_mask)
-    return _k.dynamic_forward(values, logits, num_heads, padding_l, padding_mask, save_probs)
+    _contract.check_dynamic_fwd(values, logits, num_heads, padding_l, padding_mask, seq_bounds)
+    return _k.dynamic_forward(values, logits, num_heads, padding_l, padding_mask, seq_bounds, save_probs)
 
 
 @torch.library.custom_op(f"{_contract.NAMESPACE}::triton_dynamic_bwd", mutates_args=())
 def triton_dynamic_bwd(
-    grad_out: Tensor, values: Tensor, probs: Tensor, num_heads: int, padding_l: int, padding_mask: Optional[Tensor]
+    grad_out: Tensor, values: Tensor, probs: Tensor, num_heads: int, padding_l: int, padding_mask: Optional[Tensor],
+    seq_bounds: Optional[Tensor],
 ) -> tuple[Tensor, Tensor]:
-    _contract.check_dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mask)
-    return _k.window_backward(grad_out, values, probs, num_heads, padding_l, padding_mask, values.dtype)
+    _contract.check_dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mask, seq_bounds)
+    return _k.window_backward(grad_out, values, probs, num_heads, padding_l, padding_mask, seq_bounds, values.dtype)
 
 
 # ---- the backend ------------------------------------------------------------------------------

@@ -73,12 +73,12 @@ _MAXNREG = 255
 
 @triton.jit
 def _fwd_kernel(
-    q_ptr, kc_ptr, w_ptr, bias_ptr, logits_ptr, v_ptr, mask_ptr, out_ptr, probs_ptr,
-    L, A, C, H, D, T_TILES,
+    q_ptr, kc_ptr, w_ptr, bias_ptr, logits_ptr, v_ptr, mask_ptr, bounds_ptr, out_ptr, probs_ptr,
+    L, A, C, H, D, T_TILES, N_TOK,
     s_qb, s_ql, s_qa, s_kb, s_kl, s_ka, s_wr, s_wa,
     s_gb, s_gl, s_gc, s_vb, s_vl, s_vc, s_mb, s_ml,
     K: tl.constexpr, P: tl.constexpr, FUSED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    SAVE_PROBS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, N_PAD: tl.constexpr, K_PAD: tl.constexpr,
+    HAS_BOUNDS: tl.constexpr, SAVE_PROBS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, N_PAD: tl.constexpr, K_PAD: tl.constexpr,
     D_PAD: tl.constexpr, INT64: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
 ):
     NKP: tl.constexpr = N_PAD * K_PAD
@@ -141,6 +141,9 @@ def _fwd_kernel(
     if SAVE_PROBS:
         tl.store(probs_ptr + row[:, None, None] * (H * K) + h3 * K + k3, p,
                  mask=t_ok[:, None, None] & valid3)
+    if HAS_BOUNDS:  # packed sequences: each token's window stops at its own sequence's ends
+        lo = tl.load(bounds_ptr + row, mask=t_ok, other=0)
+        hi = tl.load(bounds_ptr + N_TOK + row, mask=t_ok, other=0)
 
     # weighted window sum; the K shifted value tiles overlap, so after the first the reloads
     # hit L1/L2 rather than DRAM
@@ -150,6 +153,8 @@ def _fwd_kernel(
     for k in range(K):
         src = offs_t + (k - P)
         s_ok = (src >= 0) & (src < L)
+        if HAS_BOUNDS:
+            s_ok = s_ok & (row + (k - P) >= lo) & (row + (k - P) < hi)
         if HAS_MASK:
             keep = tl.load(mask_ptr + b * s_mb + src * s_ml, mask=s_ok, other=0)
             s_ok = s_ok & (keep != 0)
@@ -163,10 +168,10 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_window_kernel(
-    g_ptr, v_ptr, probs_ptr, mask_ptr, dv_ptr, dl_ptr,
-    L, C, H, D, T_TILES,
+    g_ptr, v_ptr, probs_ptr, mask_ptr, bounds_ptr, dv_ptr, dl_ptr,
+    L, C, H, D, T_TILES, N_TOK,
     s_gb, s_gl, s_gc, s_vb, s_vl, s_vc, s_mb, s_ml,
-    K: tl.constexpr, P: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
+    K: tl.constexpr, P: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BOUNDS: tl.constexpr, BLOCK_T: tl.constexpr, N_PAD: tl.constexpr,
     K_PAD: tl.constexpr, D_PAD: tl.constexpr, INT64: tl.constexpr, ACC: tl.constexpr,
 ):
     pid_t = tl.program_id(0) % T_TILES
@@ -177,6 +182,9 @@ def _bwd_window_kernel(
         offs_t = offs_t.to(tl.int64)
     t_ok = offs_t < L
     row = b * L + offs_t
+    if HAS_BOUNDS:  # packed sequences: the token's own sequence, [lo, hi) in flattened rows
+        lo = tl.load(bounds_ptr + row, mask=t_ok, other=0)
+        hi = tl.load(bounds_ptr + N_TOK + row, mask=t_ok, other=0)
 
     h2 = h0 + tl.arange(0, N_PAD)[None, :]
     h3 = h0 + tl.arange(0, N_PAD)[None, :, None]
@@ -194,6 +202,8 @@ def _bwd_window_kernel(
     for k in range(K):
         src = offs_t + (k - P)
         s_ok = (src >= 0) & (src < L)
+        if HAS_BOUNDS:
+            s_ok = s_ok & (row + (k - P) >= lo) & (row + (k - P) < hi)
         if HAS_MASK:
             keep = tl.load(mask_ptr + b * s_mb + src * s_ml, mask=s_ok, other=0)
             s_ok = s_ok & (keep != 0)
@@ -212,6 +222,8 @@ def _bwd_window_kernel(
     for k in range(K):
         r = offs_t - (k - P)
         r_ok = (r >= 0) & (r < L)
+        if HAS_BOUNDS:  # token r reads this value only from within the same sequence
+            r_ok = r_ok & (row - (k - P) >= lo) & (row - (k - P) < hi)
         gr = tl.load(g_ptr + b * s_gb + r[:, None, None] * s_gl + c3 * s_gc,
                      mask=r_ok[:, None, None] & c_ok, other=0.0).to(ACC)
         pr = tl.load(probs_ptr + (b * L + r)[:, None] * (H * K) + h2 * K + k,
@@ -514,7 +526,15 @@ def _run(kernel, grid, args, options):
 # ---------------------------------------------------------------------------------------------
 
 
-def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_l, padding_mask, save_probs):
+def _bounds_args(seq_bounds, dummy):
+    """(pointer tensor, has_bounds): int64 [2, B*L] per-token sequence bounds, or none."""
+    if seq_bounds is None:
+        return dummy, False
+    return seq_bounds.contiguous(), True
+
+
+def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_l, padding_mask, seq_bounds,
+             save_probs):
     _check_interpretable(values.dtype, values.device)
     batch, length, channels = values.shape
     fused = logits is None
@@ -542,15 +562,17 @@ def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_l
         lg_strides = logits.stride()
         q_strides = kc_strides = (0, 0, 0)
         w_strides = (0, 0)
+    bounds_t, has_bounds = _bounds_args(seq_bounds, values)
     int64 = _needs_int64(query, key_conv, values, logits, out, probs)
     tiles = triton.cdiv(length, block_t)
     grid = (tiles * batch, triton.cdiv(num_heads, n_pad))
     _launch(
         _fwd_kernel, grid, values.device,
-        q, kc, w, bias if bias is not None else values, lg, values, mask_t, out, probs,
-        length, a_dim, channels, num_heads, head_size, tiles,
+        q, kc, w, bias if bias is not None else values, lg, values, mask_t, bounds_t, out, probs,
+        length, a_dim, channels, num_heads, head_size, tiles, batch * length,
         *q_strides, *kc_strides, *w_strides, *lg_strides, *values.stride(), s_mb, s_ml,
-        K=kernel_size, P=padding_l, FUSED=fused, HAS_BIAS=bias is not None, HAS_MASK=has_mask, SAVE_PROBS=save_probs,
+        K=kernel_size, P=padding_l, FUSED=fused, HAS_BIAS=bias is not None, HAS_MASK=has_mask,
+        HAS_BOUNDS=has_bounds, SAVE_PROBS=save_probs,
         BLOCK_T=block_t, BLOCK_A=block_a, N_PAD=n_pad, K_PAD=k_pad, D_PAD=d_pad,
         INT64=int64, PREC=_dot_precision(values.dtype), ACC=acc_tl,
         num_warps=num_warps,
@@ -558,13 +580,15 @@ def _forward(query, key_conv, values, weight, bias, logits, num_heads, padding_l
     return out, probs
 
 
-def span_forward(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, save_probs=True):
+def span_forward(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, seq_bounds=None,
+                 save_probs=True):
     """Fused forward of ``span_dynamic_conv``.
 
     Args:
         query, key_conv: ``[B, L, A]``; values: ``[B, L, C]``; weight: ``[n*K, A]``;
         bias: ``[n*K]`` or None; padding_l: the window offset in ``[0, K - 1]``;
-        padding_mask: bool ``[B, L]`` or None. Any strides.
+        padding_mask: bool ``[B, L]`` or None; seq_bounds: int64 ``[2, B*L]``, each token's
+        sequence as flattened rows ``[start, end)`` (packed sequences), or None. Any strides.
         save_probs: write the probabilities for a backward pass (skip it for inference).
 
     Returns:
@@ -572,16 +596,18 @@ def span_forward(query, key_conv, values, weight, bias, num_heads, padding_l, pa
         taps ``probs`` ``[B, L, n, K]`` in fp32 (fp64 for fp64 inputs), kept for the backward;
         ``probs`` is an empty ``[0]`` tensor when ``save_probs`` is False.
     """
-    return _forward(query, key_conv, values, weight, bias, None, num_heads, padding_l, padding_mask, save_probs)
+    return _forward(query, key_conv, values, weight, bias, None, num_heads, padding_l, padding_mask, seq_bounds,
+                    save_probs)
 
 
-def dynamic_forward(values, logits, num_heads, padding_l, padding_mask, save_probs=True):
+def dynamic_forward(values, logits, num_heads, padding_l, padding_mask, seq_bounds=None, save_probs=True):
     """Forward of ``dynamic_conv`` from given logits ``[B, L, n*K]`` (any strides: an expanded
     kernel shared by every position is read in place); returns ``(out, probs)``."""
-    return _forward(None, None, values, None, None, logits, num_heads, padding_l, padding_mask, save_probs)
+    return _forward(None, None, values, None, None, logits, num_heads, padding_l, padding_mask, seq_bounds,
+                    save_probs)
 
 
-def window_backward(grad_out, values, probs, num_heads, padding_l, padding_mask, d_logits_dtype):
+def window_backward(grad_out, values, probs, num_heads, padding_l, padding_mask, seq_bounds, d_logits_dtype):
     """Gradients through the softmax and the window sum.
 
     Returns:
@@ -601,15 +627,16 @@ def window_backward(grad_out, values, probs, num_heads, padding_l, padding_mask,
     # no tl.dot here, so tiles may be narrower than 16 tokens
     block_t, num_warps = _token_tile(length, max(n_pad * d_pad, n_pad * k_pad), values.element_size(), min_tokens=1)
     mask_t, s_mb, s_ml, has_mask = _mask_args(padding_mask, values)
+    bounds_t, has_bounds = _bounds_args(seq_bounds, values)
     int64 = _needs_int64(grad_out, values, probs, d_values, d_logits)
     tiles = triton.cdiv(length, block_t)
     grid = (tiles * batch, triton.cdiv(num_heads, n_pad))
     _launch(
         _bwd_window_kernel, grid, values.device,
-        grad_out, values, probs, mask_t, d_values, d_logits,
-        length, channels, num_heads, head_size, tiles,
+        grad_out, values, probs, mask_t, bounds_t, d_values, d_logits,
+        length, channels, num_heads, head_size, tiles, batch * length,
         *grad_out.stride(), *values.stride(), s_mb, s_ml,
-        K=kernel_size, P=padding_l, HAS_MASK=has_mask, BLOCK_T=block_t, N_PAD=n_pad, K_PAD=k_pad, D_PAD=d_pad,
+        K=kernel_size, P=padding_l, HAS_MASK=has_mask, HAS_BOUNDS=has_bounds, BLOCK_T=block_t, N_PAD=n_pad, K_PAD=k_pad, D_PAD=d_pad,
         INT64=int64, ACC=acc_tl, num_warps=num_warps,
     )
     return d_values, d_logits
@@ -665,9 +692,11 @@ def projection_backward(d_logits, query, key_conv, weight, num_heads):
     return d_query, d_key_conv, d_weight, d_bias
 
 
-def span_backward(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask):
+def span_backward(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask,
+                  seq_bounds=None):
     """Backward of ``span_dynamic_conv``: ``(d_query, d_key_conv, d_values, d_weight, d_bias)``."""
-    d_values, d_logits = window_backward(grad_out, values, probs, num_heads, padding_l, padding_mask, probs.dtype)
+    d_values, d_logits = window_backward(grad_out, values, probs, num_heads, padding_l, padding_mask, seq_bounds,
+                                         probs.dtype)
     d_query, d_key_conv, d_weight, d_bias = projection_backward(d_logits, query, key_conv, weight, num_heads)
     return d_query, d_key_conv, d_values, d_weight, d_bias
 

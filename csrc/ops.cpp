@@ -2,17 +2,23 @@
 //
 // Four ops in the namespace convbert_kernels, with the signatures of the Triton backend's
 // triton_* ops (convbert_kernels/triton_backend.py):
-//   native_span_fwd(query, key_conv, values, weight, bias?, num_heads, padding_l, padding_mask?, save_probs)
+//   native_span_fwd(query, key_conv, values, weight, bias?, num_heads, padding_l, padding_mask?, seq_bounds?,
+//                   save_probs) -> (out, probs)
+//   native_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask?,
+//                   seq_bounds?) -> (d_query, d_key_conv, d_values, d_weight, d_bias)
+//   native_dynamic_fwd(values, logits, num_heads, padding_l, padding_mask?, seq_bounds?, save_probs)
 //       -> (out, probs)
-//   native_span_bwd(grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask?)
-//       -> (d_query, d_key_conv, d_values, d_weight, d_bias)
-//   native_dynamic_fwd(values, logits, num_heads, padding_l, padding_mask?, save_probs) -> (out, probs)
-//   native_dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mask?) -> (d_values, d_logits)
+//   native_dynamic_bwd(grad_out, values, probs, num_heads, padding_l, padding_mask?, seq_bounds?)
+//       -> (d_values, d_logits)
 // Tap k of token t reads value t + k - padding_l, 0 <= padding_l <= K - 1 (the public Python ops
 // resolve their default None to the centred (K - 1) / 2). probs is the softmaxed kernel,
 // [B, L, n, K] in float32 (float64 for float64 inputs), returned for the backward; an empty [0]
-// tensor when save_probs is false. Autograd and fake (meta) implementations are registered in
-// Python (convbert_kernels/_compiled_ops.py, for this backend and the Triton one).
+// tensor when save_probs is false. seq_bounds (packed sequences, see span_dynamic_conv.h), int64
+// [2, B * L]: row 0 the flattened index of the first token of each token's sequence, row 1 one past
+// its last; only its dtype, shape and device are checked here (its contents would need a device
+// sync; the Python layer builds it from validated cu_seqlens). Autograd and fake (meta)
+// implementations are registered in Python (convbert_kernels/_compiled_ops.py, for this backend and
+// the Triton one).
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -82,6 +88,21 @@ Tensor prepare_mask(const std::optional<Tensor>& padding_mask, const Tensor& val
   return (m.scalar_type() == at::kBool ? m : m.ne(0)).contiguous();
 }
 
+// seq_bounds as the kernels read it: int64 [2, B * L] contiguous, or undefined when absent.
+Tensor prepare_seq_bounds(const std::optional<Tensor>& seq_bounds, const Tensor& values) {
+  if (!seq_bounds.has_value() || !seq_bounds->defined()) return Tensor();
+  const Tensor& sb = *seq_bounds;
+  TORCH_CHECK(sb.scalar_type() == at::kLong, "seq_bounds must be int64, got ", sb.scalar_type());
+  const int64_t N = values.size(0) * values.size(1);
+  TORCH_CHECK(sb.dim() == 2 && sb.size(0) == 2 && sb.size(1) == N, "seq_bounds must be [2, B*L] = [2, ", N,
+              "], got ", sb.sizes());
+  TORCH_CHECK(sb.device() == values.device(), "seq_bounds is on ", sb.device(), " but values is on ",
+              values.device());
+  return sb.contiguous();
+}
+
+const int64_t* seq_bounds_ptr(const Tensor& sb) { return sb.defined() ? sb.data_ptr<int64_t>() : nullptr; }
+
 // probs as the forward returned it, [B, L, n, K], viewed as the kernels' [B, L, n * K].
 Tensor check_probs(const Tensor& probs, const Tensor& values, int64_t num_heads, int64_t K) {
   TORCH_CHECK(probs.dim() == 4 && probs.size(0) == values.size(0) && probs.size(1) == values.size(1) &&
@@ -115,7 +136,8 @@ bool is_token_broadcast(const Tensor& logits) {
 
 std::tuple<Tensor, Tensor> dynamic_fwd(const DeviceKernels& k, const Tensor& values, const Tensor& logits,
                                        int64_t num_heads, int64_t padding_l,
-                                       const std::optional<Tensor>& padding_mask, bool save_probs) {
+                                       const std::optional<Tensor>& padding_mask,
+                                       const std::optional<Tensor>& seq_bounds, bool save_probs) {
   CONVBERT_NO_AUTOCAST();
   check_float(values, "values");
   TORCH_CHECK(logits.dim() == 3 && logits.size(0) == values.size(0) && logits.size(1) == values.size(1),
@@ -125,6 +147,7 @@ std::tuple<Tensor, Tensor> dynamic_fwd(const DeviceKernels& k, const Tensor& val
   check_padding_l(padding_l, K);
   const Tensor v = values.contiguous();
   const Tensor mask = prepare_mask(padding_mask, values);
+  const Tensor sb = prepare_seq_bounds(seq_bounds, values);
   Tensor out = at::empty_like(v);
   Tensor probs = new_probs(v, num_heads, K, save_probs);
   Tensor probs_out = kernel_probs(probs, v);
@@ -132,13 +155,14 @@ std::tuple<Tensor, Tensor> dynamic_fwd(const DeviceKernels& k, const Tensor& val
   // B * L times.
   const bool broadcast = is_token_broadcast(logits);
   const Tensor lg = broadcast ? logits.select(0, 0).select(0, 0).contiguous() : logits.contiguous();
-  k.forward(v, lg, broadcast ? 0 : logits.size(2), mask, num_heads, padding_l, out, probs_out);
+  k.forward(v, lg, broadcast ? 0 : logits.size(2), mask, seq_bounds_ptr(sb), num_heads, padding_l, out, probs_out);
   return {out, probs};
 }
 
 std::tuple<Tensor, Tensor> dynamic_bwd(const DeviceKernels& k, const Tensor& grad_out, const Tensor& values,
                                        const Tensor& probs, int64_t num_heads, int64_t padding_l,
-                                       const std::optional<Tensor>& padding_mask) {
+                                       const std::optional<Tensor>& padding_mask,
+                                       const std::optional<Tensor>& seq_bounds) {
   CONVBERT_NO_AUTOCAST();
   check_float(values, "values");
   TORCH_CHECK(probs.dim() == 4, "probs must be [B, L, n, K], got ", probs.sizes(),
@@ -150,9 +174,10 @@ std::tuple<Tensor, Tensor> dynamic_bwd(const DeviceKernels& k, const Tensor& gra
   const Tensor v = values.contiguous();
   const Tensor g = grad_out.to(v.scalar_type()).contiguous();
   const Tensor mask = prepare_mask(padding_mask, values);
+  const Tensor sb = prepare_seq_bounds(seq_bounds, values);
   Tensor d_values = at::empty_like(v);
   Tensor d_logits = at::empty(p.sizes(), v.options());
-  k.backward(g, v, p, mask, num_heads, padding_l, d_values, d_logits);
+  k.backward(g, v, p, mask, seq_bounds_ptr(sb), num_heads, padding_l, d_values, d_logits);
   return {d_values, d_logits};
 }
 
@@ -179,7 +204,7 @@ int64_t check_span(const Tensor& query, const Tensor& key_conv, const Tensor& va
 std::tuple<Tensor, Tensor> span_fwd(const DeviceKernels& k, const Tensor& query, const Tensor& key_conv,
                                     const Tensor& values, const Tensor& weight, const std::optional<Tensor>& bias,
                                     int64_t num_heads, int64_t padding_l, const std::optional<Tensor>& padding_mask,
-                                    bool save_probs) {
+                                    const std::optional<Tensor>& seq_bounds, bool save_probs) {
   CONVBERT_NO_AUTOCAST();
   check_span(query, key_conv, values, weight, bias, num_heads, padding_l);
   const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
@@ -190,10 +215,11 @@ std::tuple<Tensor, Tensor> span_fwd(const DeviceKernels& k, const Tensor& query,
   const Tensor w = weight.to(acc).contiguous();
   const Tensor b = (bias.has_value() && bias->defined()) ? bias->to(acc).contiguous() : Tensor();
   const Tensor mask = prepare_mask(padding_mask, values);
+  const Tensor sb = prepare_seq_bounds(seq_bounds, values);
   Tensor out = at::empty_like(v);
   Tensor probs = new_probs(v, num_heads, R / num_heads, save_probs);
   Tensor probs_out = kernel_probs(probs, v);
-  k.span_forward(q, kc, v, w, b, mask, num_heads, padding_l, out, probs_out);
+  k.span_forward(q, kc, v, w, b, mask, seq_bounds_ptr(sb), num_heads, padding_l, out, probs_out);
   return {out, probs};
 }
 
@@ -202,7 +228,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_bwd(const DeviceKernels&
                                                             const Tensor& values, const Tensor& weight,
                                                             const Tensor& probs, int64_t num_heads,
                                                             int64_t padding_l,
-                                                            const std::optional<Tensor>& padding_mask) {
+                                                            const std::optional<Tensor>& padding_mask,
+                                                            const std::optional<Tensor>& seq_bounds) {
   CONVBERT_NO_AUTOCAST();
   check_span(query, key_conv, values, weight, std::nullopt, num_heads, padding_l);
   const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
@@ -213,14 +240,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_bwd(const DeviceKernels&
   const Tensor v = values.contiguous();
   const Tensor g = grad_out.to(dtype).contiguous();
   const Tensor mask = prepare_mask(padding_mask, values);
+  const Tensor sb = prepare_seq_bounds(seq_bounds, values);
   const Tensor q = query.contiguous().view({B * L, A});
   const Tensor kc = key_conv.contiguous().view({B * L, A});
   Tensor d_values = at::empty_like(v);
   Tensor d_query = at::empty({B * L, A}, q.options());
   Tensor d_key_conv = at::empty({B * L, A}, q.options());
   auto [d_weight, d_bias] =
-      k.span_backward(g, q, kc, v, weight.to(acc).contiguous(), p, mask, num_heads, padding_l, d_query, d_key_conv,
-                      d_values);
+      k.span_backward(g, q, kc, v, weight.to(acc).contiguous(), p, mask, seq_bounds_ptr(sb), num_heads, padding_l,
+                      d_query, d_key_conv, d_values);
   return {d_query.view({B, L, A}), d_key_conv.view({B, L, A}), d_values, d_weight.to(dtype), d_bias.to(dtype)};
 }
 
@@ -229,8 +257,9 @@ template <const DeviceKernels* K>
 std::tuple<Tensor, Tensor> native_span_fwd(const Tensor& query, const Tensor& key_conv, const Tensor& values,
                                            const Tensor& weight, const std::optional<Tensor>& bias, int64_t num_heads,
                                            int64_t padding_l, const std::optional<Tensor>& padding_mask,
-                                           bool save_probs) {
-  return span_fwd(*K, query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, save_probs);
+                                           const std::optional<Tensor>& seq_bounds, bool save_probs) {
+  return span_fwd(*K, query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, seq_bounds,
+                  save_probs);
 }
 
 template <const DeviceKernels* K>
@@ -238,22 +267,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> native_span_bwd(const Tensor&
                                                                    const Tensor& key_conv, const Tensor& values,
                                                                    const Tensor& weight, const Tensor& probs,
                                                                    int64_t num_heads, int64_t padding_l,
-                                                                   const std::optional<Tensor>& padding_mask) {
-  return span_bwd(*K, grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask);
+                                                                   const std::optional<Tensor>& padding_mask,
+                                                                   const std::optional<Tensor>& seq_bounds) {
+  return span_bwd(*K, grad_out, query, key_conv, values, weight, probs, num_heads, padding_l, padding_mask,
+                  seq_bounds);
 }
 
 template <const DeviceKernels* K>
 std::tuple<Tensor, Tensor> native_dynamic_fwd(const Tensor& values, const Tensor& logits, int64_t num_heads,
                                               int64_t padding_l, const std::optional<Tensor>& padding_mask,
-                                              bool save_probs) {
-  return dynamic_fwd(*K, values, logits, num_heads, padding_l, padding_mask, save_probs);
+                                              const std::optional<Tensor>& seq_bounds, bool save_probs) {
+  return dynamic_fwd(*K, values, logits, num_heads, padding_l, padding_mask, seq_bounds, save_probs);
 }
 
 template <const DeviceKernels* K>
 std::tuple<Tensor, Tensor> native_dynamic_bwd(const Tensor& grad_out, const Tensor& values, const Tensor& probs,
                                               int64_t num_heads, int64_t padding_l,
-                                              const std::optional<Tensor>& padding_mask) {
-  return dynamic_bwd(*K, grad_out, values, probs, num_heads, padding_l, padding_mask);
+                                              const std::optional<Tensor>& padding_mask,
+                                              const std::optional<Tensor>& seq_bounds) {
+  return dynamic_bwd(*K, grad_out, values, probs, num_heads, padding_l, padding_mask, seq_bounds);
 }
 
 }  // namespace
@@ -262,16 +294,17 @@ std::tuple<Tensor, Tensor> native_dynamic_bwd(const Tensor& grad_out, const Tens
 TORCH_LIBRARY(convbert_kernels, m) {
   m.def(
       "native_span_fwd(Tensor query, Tensor key_conv, Tensor values, Tensor weight, Tensor? bias, int num_heads, "
-      "int padding_l, Tensor? padding_mask, bool save_probs) -> (Tensor, Tensor)");
+      "int padding_l, Tensor? padding_mask, Tensor? seq_bounds, bool save_probs) -> (Tensor, Tensor)");
   m.def(
       "native_span_bwd(Tensor grad_out, Tensor query, Tensor key_conv, Tensor values, Tensor weight, Tensor probs, "
-      "int num_heads, int padding_l, Tensor? padding_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "int num_heads, int padding_l, Tensor? padding_mask, Tensor? seq_bounds) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "native_dynamic_fwd(Tensor values, Tensor logits, int num_heads, int padding_l, Tensor? padding_mask, "
-      "bool save_probs) -> (Tensor, Tensor)");
+      "Tensor? seq_bounds, bool save_probs) -> (Tensor, Tensor)");
   m.def(
       "native_dynamic_bwd(Tensor grad_out, Tensor values, Tensor probs, int num_heads, int padding_l, "
-      "Tensor? padding_mask) -> (Tensor, Tensor)");
+      "Tensor? padding_mask, Tensor? seq_bounds) -> (Tensor, Tensor)");
 }
 
 #define CONVBERT_REGISTER_DEVICE(m, kernels)                                             \

@@ -16,6 +16,16 @@
 // so the forward and dp read the values rows [t - padding_l, t + Q], and the d_values gather reads
 // the gradient rows [s - Q, s + padding_l]: the two windows coincide only for a centred window.
 //
+// Packed sequences (flash-attention's "varlen" layout): seq_bounds, int64 [2, N] in flattened token
+// coordinates f = b * L + t, gives each token its sequence [seq_bounds[0, f], seq_bounds[1, f]),
+// the same for every token of a sequence. A window row (flattened) s is then valid for token f only
+// within f's sequence; invalid rows read as zeros exactly like rows outside [0, L) (the softmax still
+// runs over all K taps: dp of an invalid tap is 0, and the d_values gather only takes tokens r of
+// s's own sequence). Without seq_bounds every token's sequence is its batch row [b * L, b * L + L).
+// The kernels intersect the bounds with the token's batch row and clamp them to contain the token,
+// so contents that break the contract (not checked: that would need a device sync) never read
+// outside the tensors; the results for such contents are unspecified.
+//
 // Each device's file (span_dynamic_conv_cpu.cpp, span_dynamic_conv_cuda.cu) provides the entry
 // points below: the "window" kernels (softmax + window sum, and their backward) and the span
 // forward/backward around them (the A -> n*K projection as GEMMs through ATen). ops.cpp checks
@@ -40,6 +50,7 @@ inline at::ScalarType acc_dtype_for(at::ScalarType t) {
 // window_forward: values [B, L, C], logits (values dtype) with the row of token tok = b * L + t at
 //   logits + tok * logits_token_stride: R for a contiguous [B, L, R], 0 for one row [R] shared by
 //   every token (a broadcast kernel, never materialised per token); mask bool [B, L] or undefined;
+//   seq_bounds the data of an int64 [2, B * L] tensor on the device, or nullptr (batch rows);
 //   writes out [B, L, C], and probs [B, L, R] (acc dtype) unless probs is undefined (not saved).
 // window_backward: grad_out, values [B, L, C], probs [B, L, R] (acc dtype); writes d_values
 //   [B, L, C] and d_logits [B, L, R] (values dtype).
@@ -49,20 +60,22 @@ inline at::ScalarType acc_dtype_for(at::ScalarType t) {
 // span_backward: as above plus grad_out and probs; writes d_query, d_key_conv [N, A] (input dtype)
 //   and d_values; returns (d_weight [R, A], d_bias [R]) in the acc dtype. The weight/bias
 //   reduction is deterministic (fixed token ranges, partials summed in a fixed order).
-#define CONVBERT_DECLARE_DEVICE(dev)                                                                                \
-  void window_forward_##dev(const at::Tensor& values, const at::Tensor& logits, int64_t logits_token_stride,      \
-                            const at::Tensor& mask, int64_t num_heads, int64_t padding_l, at::Tensor& out,         \
-                            at::Tensor& probs);                                                                     \
-  void window_backward_##dev(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& probs,       \
-                             const at::Tensor& mask, int64_t num_heads, int64_t padding_l, at::Tensor& d_values,  \
-                             at::Tensor& d_logits);                                                                \
-  void span_forward_##dev(const at::Tensor& query, const at::Tensor& key_conv, const at::Tensor& values,           \
-                          const at::Tensor& weight_acc, const at::Tensor& bias_acc, const at::Tensor& mask,        \
-                          int64_t num_heads, int64_t padding_l, at::Tensor& out, at::Tensor& probs);               \
-  std::tuple<at::Tensor, at::Tensor> span_backward_##dev(                                                           \
-      const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key_conv,                              \
-      const at::Tensor& values, const at::Tensor& weight_acc, const at::Tensor& probs, const at::Tensor& mask,      \
-      int64_t num_heads, int64_t padding_l, at::Tensor& d_query, at::Tensor& d_key_conv, at::Tensor& d_values);
+#define CONVBERT_DECLARE_DEVICE(dev)                                                                                 \
+  void window_forward_##dev(const at::Tensor& values, const at::Tensor& logits, int64_t logits_token_stride,         \
+                            const at::Tensor& mask, const int64_t* seq_bounds, int64_t num_heads,                    \
+                            int64_t padding_l, at::Tensor& out, at::Tensor& probs);                                  \
+  void window_backward_##dev(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& probs,          \
+                             const at::Tensor& mask, const int64_t* seq_bounds, int64_t num_heads,                   \
+                             int64_t padding_l, at::Tensor& d_values, at::Tensor& d_logits);                         \
+  void span_forward_##dev(const at::Tensor& query, const at::Tensor& key_conv, const at::Tensor& values,             \
+                          const at::Tensor& weight_acc, const at::Tensor& bias_acc, const at::Tensor& mask,          \
+                          const int64_t* seq_bounds, int64_t num_heads, int64_t padding_l, at::Tensor& out,          \
+                          at::Tensor& probs);                                                                        \
+  std::tuple<at::Tensor, at::Tensor> span_backward_##dev(                                                            \
+      const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key_conv,                               \
+      const at::Tensor& values, const at::Tensor& weight_acc, const at::Tensor& probs, const at::Tensor& mask,       \
+      const int64_t* seq_bounds, int64_t num_heads, int64_t padding_l, at::Tensor& d_query, at::Tensor& d_key_conv,  \
+      at::Tensor& d_values);
 
 CONVBERT_DECLARE_DEVICE(cpu)
 #ifdef CONVBERT_WITH_CUDA

@@ -108,8 +108,8 @@ using acc_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, floa
 }  // namespace
 
 void window_forward_cpu(const at::Tensor& values, const at::Tensor& logits, int64_t logits_token_stride,
-                        const at::Tensor& mask, int64_t num_heads, int64_t padding_l, at::Tensor& out,
-                        at::Tensor& probs) {
+                        const at::Tensor& mask, const int64_t* seq_bounds, int64_t num_heads, int64_t padding_l,
+                        at::Tensor& out, at::Tensor& probs) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
   const int64_t n = num_heads, d = C / n, K = logits.size(-1) / n, N = B * L;  // logits [B, L, R] or one row [R]
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "window_forward_cpu", [&] {
@@ -120,19 +120,21 @@ void window_forward_cpu(const at::Tensor& values, const at::Tensor& logits, int6
     scalar_t* o = out.data_ptr<scalar_t>();
     acc_t* p = probs.defined() ? probs.data_ptr<acc_t>() : nullptr;  // not saved: the kernel keeps them per token
     const bool* m = mask_ptr(mask);
+    const int64_t* seq_lo = seq_bounds;  // rows 0 and 1 of seq_bounds [2, N], or nullptr
+    const int64_t* seq_hi = seq_bounds != nullptr ? seq_bounds + N : nullptr;
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
-        CONVBERT_ISA_CALL(window_forward_range, v, lg, 0, logits_token_stride, m, o, p, L, n, d, K, padding_l, n0,
-                          n1);
+        CONVBERT_ISA_CALL(window_forward_range, v, lg, 0, logits_token_stride, m, seq_lo, seq_hi, o, p, L, n, d, K,
+                          padding_l, n0, n1);
       }
     });
   });
 }
 
 void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& probs,
-                         const at::Tensor& mask, int64_t num_heads, int64_t padding_l, at::Tensor& d_values,
-                         at::Tensor& d_logits) {
+                         const at::Tensor& mask, const int64_t* seq_bounds, int64_t num_heads, int64_t padding_l,
+                         at::Tensor& d_values, at::Tensor& d_logits) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
   const int64_t n = num_heads, d = C / n, K = probs.size(2) / n, N = B * L;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "window_backward_cpu", [&] {
@@ -144,10 +146,13 @@ void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& values, c
     scalar_t* dv = d_values.data_ptr<scalar_t>();
     scalar_t* dl = d_logits.data_ptr<scalar_t>();
     const bool* m = mask_ptr(mask);
+    const int64_t* seq_lo = seq_bounds;  // rows 0 and 1 of seq_bounds [2, N], or nullptr
+    const int64_t* seq_hi = seq_bounds != nullptr ? seq_bounds + N : nullptr;
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
-        CONVBERT_ISA_CALL(window_backward_range, g, v, p, m, dv, dl, 0, L, n, d, K, padding_l, n0, n1);
+        CONVBERT_ISA_CALL(window_backward_range, g, v, p, m, seq_lo, seq_hi, dv, dl, 0, L, n, d, K, padding_l, n0,
+                          n1);
       }
     });
   });
@@ -158,7 +163,8 @@ void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& values, c
 // rows), softmax and the window sum.
 void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const at::Tensor& values,
                       const at::Tensor& weight_acc, const at::Tensor& bias_acc, const at::Tensor& mask,
-                      int64_t num_heads, int64_t padding_l, at::Tensor& out, at::Tensor& probs) {
+                      const int64_t* seq_bounds, int64_t num_heads, int64_t padding_l, at::Tensor& out,
+                      at::Tensor& probs) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
   const int64_t n = num_heads, d = C / n, R = weight_acc.size(0), K = R / n, N = B * L;
   const auto acc = weight_acc.scalar_type();
@@ -169,6 +175,8 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
     scalar_t* o = out.data_ptr<scalar_t>();
     acc_t* p = probs.defined() ? probs.data_ptr<acc_t>() : nullptr;  // not saved: the kernel keeps them per token
     const bool* m = mask_ptr(mask);
+    const int64_t* seq_lo = seq_bounds;  // rows 0 and 1 of seq_bounds [2, N], or nullptr
+    const int64_t* seq_hi = seq_bounds != nullptr ? seq_bounds + N : nullptr;
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       // OpenMP workers do not inherit the caller's dispatch state: keep these ATen calls below
       // autograd there too (the inputs may require grad).
@@ -179,7 +187,8 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
         at::Tensor logits = at::mm(ca, weight_t);
         if (bias_acc.defined()) logits.add_(bias_acc);
         const acc_t* lg = logits.data_ptr<acc_t>();
-        CONVBERT_ISA_CALL(window_forward_range, v, lg, n0, R, m, o, p, L, n, d, K, padding_l, n0, n0 + len);
+        CONVBERT_ISA_CALL(window_forward_range, v, lg, n0, R, m, seq_lo, seq_hi, o, p, L, n, d, K, padding_l, n0,
+                          n0 + len);
       }
     });
   });
@@ -191,8 +200,9 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
 // d_bias = column sums of d_logits. The partials are added in range order afterwards: the result
 // does not depend on the number of threads or on which thread ran which range.
 std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out, const at::Tensor& query,
-                                                     const at::Tensor& key_conv, const at::Tensor& values, const at::Tensor& weight_acc,
-                                                     const at::Tensor& probs, const at::Tensor& mask,
+                                                     const at::Tensor& key_conv, const at::Tensor& values,
+                                                     const at::Tensor& weight_acc, const at::Tensor& probs,
+                                                     const at::Tensor& mask, const int64_t* seq_bounds,
                                                      int64_t num_heads, int64_t padding_l, at::Tensor& d_query,
                                                      at::Tensor& d_key_conv, at::Tensor& d_values) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2), A = query.size(1);
@@ -208,13 +218,15 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
     const acc_t* p = probs.data_ptr<acc_t>();
     scalar_t* dv = d_values.data_ptr<scalar_t>();
     const bool* m = mask_ptr(mask);
+    const int64_t* seq_lo = seq_bounds;  // rows 0 and 1 of seq_bounds [2, N], or nullptr
+    const int64_t* seq_hi = seq_bounds != nullptr ? seq_bounds + N : nullptr;
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView below_autograd;  // see span_forward_cpu
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, len = std::min(N, n0 + kRange) - n0;
         at::Tensor dl = at::empty({len, R}, weight_acc.options());
-        CONVBERT_ISA_CALL(window_backward_range, g, v, p, m, dv, dl.data_ptr<acc_t>(), n0, L, n, d, K, padding_l,
-                          n0, n0 + len);
+        CONVBERT_ISA_CALL(window_backward_range, g, v, p, m, seq_lo, seq_hi, dv, dl.data_ptr<acc_t>(), n0, L, n, d,
+                          K, padding_l, n0, n0 + len);
         const at::Tensor q = query.narrow(0, n0, len).to(acc);
         const at::Tensor kc = key_conv.narrow(0, n0, len).to(acc);
         const at::Tensor d_ca = at::mm(dl, weight_acc);

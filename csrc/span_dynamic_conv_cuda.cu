@@ -14,6 +14,16 @@
 // d_values[s] = mask[s] * sum_k probs[r, k] * g[r] with r = s - k + padding_l, from a band of
 // probs staged per tile. No atomics; the result is bitwise reproducible.
 //
+// Packed sequences (seq_bounds, span_dynamic_conv.h): a tile may span several sequences, so the
+// bounds are per token. The windows are staged as above (they cover the batch row, not a
+// sequence); instead each token's loops over the taps run over the taps that stay inside its
+// sequence only, a contiguous range staged per token in shared memory: [k0, k1) of the value
+// taps (src = t + k - padding_l) for the forward's window sum and dp (dp of any other tap is 0),
+// and [k0, k1) of the gather taps (r = t + padding_l - k) for d_values. The saved probs stay the
+// true softmax over all K taps. Skipping (rather than multiplying by zero) keeps an inf or NaN in
+// a neighbouring sequence out, as the CPU kernels' null rows do. Without seq_bounds every range is
+// [0, K) and nothing is staged.
+//
 // Weight gradient: d_weight = sum_t d_logits[t]^T (query * key_conv)[t] and d_bias (as a column
 // of ones) are reduced in two stages: fixed token splits each write a partial [R, A + 1], then a
 // second kernel adds the partials in split order. Deterministic, no atomics.
@@ -46,14 +56,39 @@ using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
 __device__ __forceinline__ float dev_exp(float x) { return expf(x); }
 __device__ __forceinline__ double dev_exp(double x) { return exp(x); }
 
+// The sequence [lo, hi) of the flattened token tok, whose batch row starts at row0: the row
+// [row0, row0 + L) without seq_bounds (seq_lo == nullptr); with it, rows 0 and 1 of seq_bounds at
+// tok, intersected with the row and clamped to contain tok (as the CPU kernels do: contents that
+// break the contract never lead outside the tensors).
+__device__ __forceinline__ void token_bounds(const int64_t* __restrict__ seq_lo, const int64_t* __restrict__ seq_hi,
+                                             int64_t row0, int64_t L, int64_t tok, int64_t& lo, int64_t& hi) {
+  lo = row0;
+  hi = row0 + L;
+  if (seq_lo != nullptr) {
+    lo = min(max(seq_lo[tok], row0), tok);
+    hi = max(min(seq_hi[tok], row0 + L), tok + 1);
+  }
+}
+
+// The taps [a, b) clipped to [0, K), as ints. Every caller's range holds the tap k = padding_l
+// (the token itself, lo <= tok < hi), so 0 <= k0 <= padding_l < k1 <= K.
+__device__ __forceinline__ void clip_taps(int64_t a, int64_t b, int K, int& k0, int& k1) {
+  k0 = a > 0 ? static_cast<int>(a) : 0;
+  k1 = b < K ? static_cast<int>(b) : K;
+}
+
+// Shared memory of a block: the acc_t arrays, then (packed sequences only) the int tap ranges,
+// 2 per token in the forward, 4 in the backward.
 template <typename acc_t>
-size_t forward_smem(int tt, int K) {
-  return (static_cast<size_t>(tt) * K + static_cast<size_t>(tt + K - 1) * kRowStride) * sizeof(acc_t);
+size_t forward_smem(int tt, int K, bool packed) {
+  return (static_cast<size_t>(tt) * K + static_cast<size_t>(tt + K - 1) * kRowStride) * sizeof(acc_t) +
+         (packed ? 2 * static_cast<size_t>(tt) * sizeof(int) : 0);
 }
 
 template <typename acc_t>
-size_t backward_smem(int tt, int K) {
-  return (3 * static_cast<size_t>(tt) * K + 2 * static_cast<size_t>(tt + K - 1) * kRowStride) * sizeof(acc_t);
+size_t backward_smem(int tt, int K, bool packed) {
+  return (3 * static_cast<size_t>(tt) * K + 2 * static_cast<size_t>(tt + K - 1) * kRowStride) * sizeof(acc_t) +
+         (packed ? 4 * static_cast<size_t>(tt) * sizeof(int) : 0);
 }
 
 // Largest tile (tokens per block, from 32 down) whose shared memory fits the budget.
@@ -69,12 +104,14 @@ int pick_tile(Fn smem_for, int K, const char* what) {
 template <typename scalar_t, typename acc_t, typename logit_t>
 __global__ void __launch_bounds__(kThreads)
     window_forward_kernel(const scalar_t* __restrict__ values, const logit_t* __restrict__ logits,
-                          int64_t logits_token_stride, const bool* __restrict__ mask, scalar_t* __restrict__ out,
-                          acc_t* __restrict__ probs, int64_t L, int n, int d, int K, int padding_l, int64_t tiles,
-                          int tt) {
+                          int64_t logits_token_stride, const bool* __restrict__ mask,
+                          const int64_t* __restrict__ seq_lo, const int64_t* __restrict__ seq_hi,
+                          scalar_t* __restrict__ out, acc_t* __restrict__ probs, int64_t L, int n, int d, int K,
+                          int padding_l, int64_t tiles, int tt) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* sp = reinterpret_cast<acc_t*>(smem_raw);  // [tt][K] probs of the tile's tokens
   acc_t* sv = sp + tt * K;                         // [tt + K - 1][kRowStride] value window chunk, from t0 - padding_l
+  int* staps = reinterpret_cast<int*>(sv + (tt + K - 1) * kRowStride);  // packed: [tt][2] taps [k0, k1)
 
   const int64_t b = blockIdx.x / tiles;
   const int64_t t0 = (blockIdx.x % tiles) * tt;
@@ -101,6 +138,12 @@ __global__ void __launch_bounds__(kThreads)
       acc_t* pg = probs + tok * R + static_cast<int64_t>(h) * K;
       for (int k = 0; k < K; ++k) pg[k] = sp[i * K + k];
     }
+    if (seq_lo != nullptr) {  // packed sequences: the taps inside the token's sequence
+      int64_t lo, hi;
+      token_bounds(seq_lo, seq_hi, b * L, L, tok, lo, hi);
+      // src = tok - padding_l + k in [lo, hi)
+      clip_taps(lo - (tok - padding_l), hi - (tok - padding_l), K, staps[2 * i], staps[2 * i + 1]);
+    }
   }
   __syncthreads();
 
@@ -119,8 +162,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int idx = threadIdx.x; idx < ntok * kChunk; idx += blockDim.x) {
       const int i = idx / kChunk, j = idx % kChunk;
       if (j < dc) {
+        const int k0 = seq_lo != nullptr ? staps[2 * i] : 0, k1 = seq_lo != nullptr ? staps[2 * i + 1] : K;
         acc_t a = 0;
-        for (int k = 0; k < K; ++k) a += sp[i * K + k] * sv[(i + k) * kRowStride + j];
+        for (int k = k0; k < k1; ++k) a += sp[i * K + k] * sv[(i + k) * kRowStride + j];
         out[(b * L + t0 + i) * C + static_cast<int64_t>(h) * d + c0 + j] = static_cast<scalar_t>(a);
       }
     }
@@ -131,7 +175,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, typename acc_t, typename dlogit_t>
 __global__ void __launch_bounds__(kThreads)
     window_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ values, const acc_t* __restrict__ probs,
-                           const bool* __restrict__ mask, scalar_t* __restrict__ d_values,
+                           const bool* __restrict__ mask, const int64_t* __restrict__ seq_lo,
+                           const int64_t* __restrict__ seq_hi, scalar_t* __restrict__ d_values,
                            dlogit_t* __restrict__ d_logits, int64_t L, int n, int d, int K, int padding_l,
                            int64_t tiles, int tt) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -140,6 +185,8 @@ __global__ void __launch_bounds__(kThreads)
   acc_t* sdp = sband + tt * K;                     // [tt][K] dp accumulators
   acc_t* sv = sdp + tt * K;                        // [tt + K - 1][kRowStride] values window chunk, from t0 - padding_l
   acc_t* sg = sv + (tt + K - 1) * kRowStride;      // [tt + K - 1][kRowStride] grad window chunk, from t0 - Q
+  // packed: [tt][4] the value taps [k0, k1) (dp), then the gather taps [k0, k1) (d_values)
+  int* staps = reinterpret_cast<int*>(sg + (tt + K - 1) * kRowStride);
 
   const int64_t b = blockIdx.x / tiles;
   const int64_t t0 = (blockIdx.x % tiles) * tt;
@@ -154,9 +201,17 @@ __global__ void __launch_bounds__(kThreads)
     const int i = idx / K, k = idx % K;
     const int64_t tok = b * L + t0 + i;
     sp[idx] = probs[tok * R + hK + k];
-    const int64_t tb = t0 + i + padding_l - k;  // the token whose tap k reads t0 + i
-    sband[idx] = (tb >= 0 && tb < L) ? probs[(b * L + tb) * R + hK + k] : acc_t(0);
+    int64_t lo, hi;  // tok's sequence; a token r inside it has the same one
+    token_bounds(seq_lo, seq_hi, b * L, L, tok, lo, hi);
+    const int64_t r = tok + padding_l - k;  // the token whose tap k reads tok
+    sband[idx] = (r >= lo && r < hi) ? probs[r * R + hK + k] : acc_t(0);
     sdp[idx] = 0;
+    if (seq_lo != nullptr && k == 0) {  // packed sequences: the token's taps, as in the forward
+      // value taps: src = tok - padding_l + k in [lo, hi)
+      clip_taps(lo - (tok - padding_l), hi - (tok - padding_l), K, staps[4 * i], staps[4 * i + 1]);
+      // gather taps: r = tok + padding_l - k in [lo, hi), i.e. k in (tok + padding_l - hi, tok + padding_l - lo]
+      clip_taps(tok + padding_l - hi + 1, tok + padding_l - lo + 1, K, staps[4 * i + 2], staps[4 * i + 3]);
+    }
   }
   __syncthreads();
 
@@ -178,6 +233,7 @@ __global__ void __launch_bounds__(kThreads)
     // the value at sv row i + k).
     for (int idx = threadIdx.x; idx < ntok * K; idx += blockDim.x) {
       const int i = idx / K, k = idx % K;
+      if (seq_lo != nullptr && (k < staps[4 * i] || k >= staps[4 * i + 1])) continue;  // outside: dp stays 0
       const acc_t* gr = sg + (i + Q) * kRowStride;
       const acc_t* vr = sv + (i + k) * kRowStride;
       acc_t a = 0;
@@ -191,7 +247,8 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t s = t0 + i;
         acc_t a = 0;
         if (mask == nullptr || mask[b * L + s]) {
-          for (int k = 0; k < K; ++k) a += sband[i * K + k] * sg[(i + K - 1 - k) * kRowStride + j];
+          const int k0 = seq_lo != nullptr ? staps[4 * i + 2] : 0, k1 = seq_lo != nullptr ? staps[4 * i + 3] : K;
+          for (int k = k0; k < k1; ++k) a += sband[i * K + k] * sg[(i + K - 1 - k) * kRowStride + j];
         }
         d_values[(b * L + s) * C + hd + c0 + j] = static_cast<scalar_t>(a);
       }
@@ -265,6 +322,11 @@ __global__ void sum_partials_kernel(const acc_t* __restrict__ partial, acc_t* __
 
 const bool* mask_ptr(const at::Tensor& mask) { return mask.defined() ? mask.data_ptr<bool>() : nullptr; }
 
+// Row 1 of seq_bounds [2, N] (row 0 is seq_bounds itself), or nullptr without it.
+const int64_t* seq_hi_ptr(const int64_t* seq_bounds, int64_t N) {
+  return seq_bounds != nullptr ? seq_bounds + N : nullptr;
+}
+
 void check_grid(int64_t blocks, int64_t n) {
   TORCH_CHECK(blocks < (int64_t{1} << 31), "too many token tiles for one CUDA launch");
   TORCH_CHECK(n <= 65535, "num_heads must be <= 65535 on CUDA");
@@ -275,8 +337,8 @@ void check_grid(int64_t blocks, int64_t n) {
 // Window kernels; logits / d_logits may be in the values dtype (dynamic_conv) or the
 // accumulation dtype (span_dynamic_conv).
 void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, int64_t logits_token_stride,
-                         const at::Tensor& mask, int64_t num_heads, int64_t padding_l, at::Tensor& out,
-                         at::Tensor& probs) {
+                         const at::Tensor& mask, const int64_t* seq_bounds, int64_t num_heads, int64_t padding_l,
+                         at::Tensor& out, at::Tensor& probs) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
   const int64_t n = num_heads, d = C / n, K = logits.size(-1) / n;  // logits [B, L, R] or one row [R]
   if (B * L == 0 || C == 0) return;
@@ -285,18 +347,20 @@ void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, int
   const bool logits_acc = logits.scalar_type() != values.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "window_forward_cuda", [&] {
     using acc_t = acc_of<scalar_t>;
-    const int tt = pick_tile([](int t, int k) { return forward_smem<acc_t>(t, k); }, static_cast<int>(K),
-                             "span_dynamic_conv forward");
+    const bool packed = seq_bounds != nullptr;
+    const int tt = pick_tile([packed](int t, int k) { return forward_smem<acc_t>(t, k, packed); },
+                             static_cast<int>(K), "span_dynamic_conv forward");
     const int64_t tiles = (L + tt - 1) / tt;
     check_grid(B * tiles, n);
     const dim3 grid(static_cast<unsigned>(B * tiles), static_cast<unsigned>(n));
-    const size_t smem = forward_smem<acc_t>(tt, static_cast<int>(K));
+    const size_t smem = forward_smem<acc_t>(tt, static_cast<int>(K), packed);
     auto launch = [&](auto logit_tag) {
       using logit_t = decltype(logit_tag);
       window_forward_kernel<scalar_t, acc_t, logit_t><<<grid, kThreads, smem, stream>>>(
-          values.data_ptr<scalar_t>(), logits.data_ptr<logit_t>(), logits_token_stride, mask_ptr(mask),
-          out.data_ptr<scalar_t>(), probs.defined() ? probs.data_ptr<acc_t>() : nullptr, L, static_cast<int>(n),
-          static_cast<int>(d), static_cast<int>(K), static_cast<int>(padding_l), tiles, tt);
+          values.data_ptr<scalar_t>(), logits.data_ptr<logit_t>(), logits_token_stride, mask_ptr(mask), seq_bounds,
+          seq_hi_ptr(seq_bounds, B * L), out.data_ptr<scalar_t>(),
+          probs.defined() ? probs.data_ptr<acc_t>() : nullptr, L, static_cast<int>(n), static_cast<int>(d),
+          static_cast<int>(K), static_cast<int>(padding_l), tiles, tt);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (logits_acc) {
@@ -308,8 +372,8 @@ void window_forward_cuda(const at::Tensor& values, const at::Tensor& logits, int
 }
 
 void window_backward_cuda(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& probs,
-                          const at::Tensor& mask, int64_t num_heads, int64_t padding_l, at::Tensor& d_values,
-                          at::Tensor& d_logits) {
+                          const at::Tensor& mask, const int64_t* seq_bounds, int64_t num_heads, int64_t padding_l,
+                          at::Tensor& d_values, at::Tensor& d_logits) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
   const int64_t n = num_heads, d = C / n, K = probs.size(2) / n;
   if (B * L == 0) return;
@@ -322,18 +386,19 @@ void window_backward_cuda(const at::Tensor& grad_out, const at::Tensor& values, 
   const bool dlogits_acc = d_logits.scalar_type() != values.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "window_backward_cuda", [&] {
     using acc_t = acc_of<scalar_t>;
-    const int tt = pick_tile([](int t, int k) { return backward_smem<acc_t>(t, k); }, static_cast<int>(K),
-                             "span_dynamic_conv backward");
+    const bool packed = seq_bounds != nullptr;
+    const int tt = pick_tile([packed](int t, int k) { return backward_smem<acc_t>(t, k, packed); },
+                             static_cast<int>(K), "span_dynamic_conv backward");
     const int64_t tiles = (L + tt - 1) / tt;
     check_grid(B * tiles, n);
     const dim3 grid(static_cast<unsigned>(B * tiles), static_cast<unsigned>(n));
-    const size_t smem = backward_smem<acc_t>(tt, static_cast<int>(K));
+    const size_t smem = backward_smem<acc_t>(tt, static_cast<int>(K), packed);
     auto launch = [&](auto dlogit_tag) {
       using dlogit_t = decltype(dlogit_tag);
       window_backward_kernel<scalar_t, acc_t, dlogit_t><<<grid, kThreads, smem, stream>>>(
           grad_out.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(), probs.data_ptr<acc_t>(), mask_ptr(mask),
-          d_values.data_ptr<scalar_t>(), d_logits.data_ptr<dlogit_t>(), L, static_cast<int>(n), static_cast<int>(d),
-          static_cast<int>(K), static_cast<int>(padding_l), tiles, tt);
+          seq_bounds, seq_hi_ptr(seq_bounds, B * L), d_values.data_ptr<scalar_t>(), d_logits.data_ptr<dlogit_t>(),
+          L, static_cast<int>(n), static_cast<int>(d), static_cast<int>(K), static_cast<int>(padding_l), tiles, tt);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (dlogits_acc) {
@@ -388,27 +453,29 @@ static std::tuple<at::Tensor, at::Tensor> param_grads_cuda(const at::Tensor& d_l
 // accumulation dtype), then the fused softmax + window-sum kernel.
 void span_forward_cuda(const at::Tensor& query, const at::Tensor& key_conv, const at::Tensor& values,
                        const at::Tensor& weight_acc, const at::Tensor& bias_acc, const at::Tensor& mask,
-                       int64_t num_heads, int64_t padding_l, at::Tensor& out, at::Tensor& probs) {
+                       const int64_t* seq_bounds, int64_t num_heads, int64_t padding_l, at::Tensor& out,
+                       at::Tensor& probs) {
   const int64_t B = values.size(0), L = values.size(1), R = weight_acc.size(0);
   const auto acc = weight_acc.scalar_type();
   c10::cuda::CUDAGuard guard(values.device());
   at::Tensor logits = at::mm(query.to(acc) * key_conv.to(acc), weight_acc.t());
   if (bias_acc.defined()) logits.add_(bias_acc);
-  window_forward_cuda(values, logits.view({B, L, R}), R, mask, num_heads, padding_l, out, probs);
+  window_forward_cuda(values, logits.view({B, L, R}), R, mask, seq_bounds, num_heads, padding_l, out, probs);
 }
 
 // The CUDA backward: the fused window backward (d_values as a gather, d_logits), then
 // d_ca = d_logits @ W (a GEMM), d_query / d_key_conv, and the two-stage deterministic weight and
 // bias reduction.
 std::tuple<at::Tensor, at::Tensor> span_backward_cuda(const at::Tensor& grad_out, const at::Tensor& query,
-                                                      const at::Tensor& key_conv, const at::Tensor& values, const at::Tensor& weight_acc,
-                                                      const at::Tensor& probs, const at::Tensor& mask,
+                                                      const at::Tensor& key_conv, const at::Tensor& values,
+                                                      const at::Tensor& weight_acc, const at::Tensor& probs,
+                                                      const at::Tensor& mask, const int64_t* seq_bounds,
                                                       int64_t num_heads, int64_t padding_l, at::Tensor& d_query,
                                                       at::Tensor& d_key_conv, at::Tensor& d_values) {
   const int64_t B = values.size(0), L = values.size(1), R = weight_acc.size(0);
   c10::cuda::CUDAGuard guard(values.device());
   at::Tensor d_logits = at::empty({B, L, R}, weight_acc.options());
-  window_backward_cuda(grad_out, values, probs, mask, num_heads, padding_l, d_values, d_logits);
+  window_backward_cuda(grad_out, values, probs, mask, seq_bounds, num_heads, padding_l, d_values, d_logits);
   return param_grads_cuda(d_logits.view({B * L, R}), query, key_conv, weight_acc, d_query, d_key_conv);
 }
 

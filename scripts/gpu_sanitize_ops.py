@@ -6,7 +6,9 @@ in fp32 and bf16, at three awkward cases -- (B, L, A, C, n, K) = (2, 37, 20, 21,
 K = 31 longer than a token tile's halo; (3, 70, 24, 48, 2, 9): several tiles, head size 24; and
 (2, 45, 20, 30, 3, 8) with padding_l = 7: K even, a causal window, so the backward's value and
 gradient windows differ -- each forward plus a backward that reaches every input; and, with the
-mask, ``dynamic_conv`` with one kernel shared by every position (stride-0 logits, read in place).
+mask, ``dynamic_conv`` with one kernel shared by every position (stride-0 logits, read in place);
+without it, both ops on the same B * L tokens packed as sequences (``cu_seqlens``: an empty
+sequence, lengths 1 and 2, then three long ones, so that token tiles span several sequences).
 Each result is compared, loosely, with the eager backend on the same inputs in fp32 on the CPU (so
 that, under the sanitizer, the GPU runs little besides the kernels checked), and a kernel that runs
 cleanly but computes garbage is caught too. Prints ``gpu_sanitize_ops: ok`` at the end when every
@@ -23,6 +25,7 @@ L=512, A=C=384, n=6, K=9) per backend and dtype, no comparison: what ncu profile
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -49,6 +52,14 @@ def _mask(batch: int, length: int, device) -> torch.Tensor:
         if pad:
             mask[b, length - pad:] = False
     return mask.to(device)
+
+
+def _cu_seqlens(total: int, device) -> torch.Tensor:
+    """Packed sequences over ``total`` (>= 3) tokens: lengths 0, 1, 2, then the rest in three parts
+    with an empty sequence between the first two."""
+    rest = total - 3
+    lengths = [0, 1, 2, rest // 3, 0, rest // 3, rest - 2 * (rest // 3)]
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=device)
 
 
 def _leaves(shape, dtype, device, seed):
@@ -90,26 +101,39 @@ def check_ops(backend: str, device, dtypes, cases) -> int:
                     "span_dynamic_conv": (
                         lambda q, kc, v, w, b, be, m: ck.span_dynamic_conv(
                             q, kc, v, w, b, n, padding_l=padding_l, padding_mask=m, backend=be),
-                        leaves),
+                        leaves, grad),
                     "dynamic_conv": (
                         lambda v, lg, be, m: ck.dynamic_conv(v, lg, n, padding_l=padding_l, padding_mask=m,
                                                              backend=be),
-                        [leaves[2], logits]),
+                        [leaves[2], logits], grad),
                 }
                 if with_mask:  # one kernel for every position, as LightweightConv1d passes it
                     ops["dynamic_conv shared"] = (
                         lambda v, w, be, m: ck.dynamic_conv(v, w.view(1, 1, -1).expand(B, L, -1), n,
                                                             padding_l=padding_l, padding_mask=m, backend=be),
-                        [leaves[2], shared_kernel])
-                for op, (fn, inputs) in ops.items():
-                    got = _run(lambda *t: fn(*t, backend, mask), inputs, grad)
+                        [leaves[2], shared_kernel], grad)
+                else:  # the same tokens packed as sequences [T, .] (cu_seqlens; no padding mask)
+                    cu = _cu_seqlens(B * L, device)
+                    packed = [t.detach().reshape(B * L, -1).requires_grad_(True) for t in leaves[:3]]
+                    packed_logits = logits.detach().reshape(B * L, -1).requires_grad_(True)
+                    packed_grad = grad.reshape(B * L, C)
+                    ops["span_dynamic_conv packed"] = (
+                        lambda q, kc, v, w, b, be, m: ck.span_dynamic_conv(
+                            q, kc, v, w, b, n, padding_l=padding_l, cu_seqlens=cu.to(q.device), backend=be),
+                        packed + leaves[3:], packed_grad)
+                    ops["dynamic_conv packed"] = (
+                        lambda v, lg, be, m: ck.dynamic_conv(v, lg, n, padding_l=padding_l,
+                                                             cu_seqlens=cu.to(v.device), backend=be),
+                        [packed[2], packed_logits], packed_grad)
+                for op, (fn, inputs, op_grad) in ops.items():
+                    got = _run(lambda *t: fn(*t, backend, mask), inputs, op_grad)
                     ref_inputs = [t.detach().float().cpu().requires_grad_(True) for t in inputs]
-                    want = _run(lambda *t: fn(*t, "eager", cpu_mask), ref_inputs, grad.float().cpu())
+                    want = _run(lambda *t: fn(*t, "eager", cpu_mask), ref_inputs, op_grad.float().cpu())
                     errors = [_relative(a, b) for a, b in zip(got, want)]
                     worst = max(errors)
                     ok = all(torch.isfinite(t).all() for t in got) and worst <= TOLERANCE[dtype]
                     bad += int(not ok)
-                    print(f"{backend:>6} {op:>19} {str(shape):>22} padding_l={padding_l} {str(dtype)[6:]:>8} "
+                    print(f"{backend:>6} {op:>24} {str(shape):>22} padding_l={padding_l} {str(dtype)[6:]:>8} "
                           f"mask={int(with_mask)} "
                           f"worst relative error vs eager {worst:.2e} {'ok' if ok else 'MISMATCH'}", flush=True)
     return bad

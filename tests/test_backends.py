@@ -21,6 +21,7 @@ import torch
 import convbert_kernels as ck
 from oracle import (
     AWKWARD_SHAPES,
+    DYNAMIC_GRAD_NAMES,
     GRAD_NAMES,
     MORE_SHAPES,
     assert_close_to,
@@ -132,6 +133,145 @@ def test_bad_padding_l_is_a_clear_error(backend, padding_l):
     inputs = make_span_inputs(1, 6, 4, 6, 2, 5)
     with pytest.raises((ValueError, TypeError), match="padding_l"):
         ck.span_dynamic_conv(*inputs.tensors(), 2, padding_l=padding_l, backend=backend)
+
+
+# ---- packed sequences (cu_seqlens) ---------------------------------------------------------------
+
+# (lengths of the packed sequences, C, num_heads, K): empty sequences, L = 1, L < K, even K, K = 1
+PACKED_CASES = [([3, 0, 1, 7, 2], 12, 3, 5), ([9], 6, 2, 4), ([0, 4, 4, 0], 10, 2, 1), ([2, 17, 5], 15, 3, 7)]
+
+
+def _cu_seqlens(lengths):
+    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+
+
+def _per_sequence_reference(fn, packed, lengths, grad_out):
+    """Each sequence alone through the float64 reference, outputs concatenated; the gradients of
+    <out, grad_out> for every packed input (shared parameters summed over the sequences)."""
+    leaves = [t.detach().double().requires_grad_(True) for t in packed]
+    outs, start = [], 0
+    for n in lengths:
+        outs.append(fn(*(t[start:start + n][None] if t.dim() == 2 and t.shape[0] == sum(lengths) else t
+                         for t in leaves))[0])
+        start += n
+    out = torch.cat(outs)
+    return out, torch.autograd.grad(out, leaves, grad_out.double())
+
+
+@pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("case", PACKED_CASES, ids=str)
+def test_packed_sequences_equal_each_sequence_alone(backend, dtype, case):
+    """cu_seqlens: both ops, forward and every gradient, at three window offsets, equal each sequence
+    run alone by the float64 reference (on the inputs rounded to the dtype)."""
+    require(backend)
+    check_packed(backend, dtype, case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", PACKED_CASES + [([300, 0, 1, 211, 9], 384, 6, 9)], ids=str)
+def test_gpu_packed_sequences_equal_each_sequence_alone(backend, dtype, case):
+    require(backend, "cuda")
+    check_packed(backend, dtype, case, device="cuda")
+
+
+def check_packed(backend, dtype, case, device="cpu"):
+    lengths, channels, num_heads, kernel_size = case
+    total, a_dim = sum(lengths), 6
+    cu = _cu_seqlens(lengths)
+    g = torch.Generator().manual_seed(len(lengths))
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+    for padding_l in sorted({0, (kernel_size - 1) // 2, kernel_size - 1}):
+        values, logits = rand(total, channels), rand(total, num_heads * kernel_size, scale=2)
+        grad_out = rand(total, channels)
+        want, want_grads = _per_sequence_reference(
+            lambda v, lg: ck.dynamic_conv(v, lg, num_heads, padding_l=padding_l, backend="reference"),
+            [values, logits], lengths, grad_out)
+        leaves = [t.to(device).requires_grad_(True) for t in (values, logits)]
+        got = ck.dynamic_conv(*leaves, num_heads, padding_l=padding_l, cu_seqlens=cu.to(device),
+                              max_seqlen=max(lengths), backend=backend)
+        got_grads = torch.autograd.grad(got, leaves, grad_out.to(device))
+        assert_close_to(got, want, dtype, f"{backend} packed dynamic_conv forward, padding_l={padding_l}")
+        for name, a, b in zip(DYNAMIC_GRAD_NAMES, got_grads, want_grads):
+            assert_close_to(a, b, dtype, f"{backend} packed dynamic_conv {name}, padding_l={padding_l}")
+
+        span = [rand(total, a_dim), rand(total, a_dim), values, rand(num_heads * kernel_size, a_dim, scale=0.4),
+                rand(num_heads * kernel_size, scale=0.5)]
+        want, want_grads = _per_sequence_reference(
+            lambda q, kc, v, w, b: ck.span_dynamic_conv(q, kc, v, w, b, num_heads, padding_l=padding_l,
+                                                        backend="reference"),
+            span, lengths, grad_out)
+        leaves = [t.to(device).requires_grad_(True) for t in span]
+        got = ck.span_dynamic_conv(*leaves, num_heads, padding_l=padding_l, cu_seqlens=cu.long().to(device),
+                                   backend=backend)
+        got_grads = torch.autograd.grad(got, leaves, grad_out.to(device))
+        assert_close_to(got, want, dtype, f"{backend} packed span forward, padding_l={padding_l}")
+        for name, a, b in zip(GRAD_NAMES, got_grads, want_grads):
+            assert_close_to(a, b, dtype, f"{backend} packed span {name}, padding_l={padding_l}")
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_packed_sequences_never_read_their_neighbours(backend):
+    """Changing one sequence (even to inf) changes no other sequence's outputs or gradients."""
+    require(backend)
+    cu = _cu_seqlens([4, 3, 5])
+    values, logits = torch.randn(12, 6), torch.randn(12, 2 * 5)
+    out = ck.dynamic_conv(values, logits, 2, cu_seqlens=cu, backend=backend)
+    changed = values.clone()
+    changed[4:7] = float("inf")
+    out_changed = ck.dynamic_conv(changed, logits, 2, cu_seqlens=cu, backend=backend)
+    assert torch.equal(out[:4], out_changed[:4]) and torch.equal(out[7:], out_changed[7:])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("cu, match", [
+    (torch.tensor([1, 4, 12]), "start at 0"),
+    (torch.tensor([0, 8, 4, 12]), "non-decreasing"),
+    (torch.tensor([0, 4, 11]), "end at the number of packed tokens"),
+    (torch.tensor([[0, 12]]), "1-D"),
+    (torch.tensor([0.0, 12.0]), "int32 or int64"),
+], ids=["start", "decreasing", "end", "2-D", "float"])
+def test_malformed_cu_seqlens_is_a_clear_error(backend, cu, match):
+    require(backend)
+    values, logits = torch.randn(12, 6), torch.randn(12, 2 * 5)
+    with pytest.raises(ValueError, match=match):
+        ck.dynamic_conv(values, logits, 2, cu_seqlens=cu, backend=backend)
+
+
+def test_packed_input_errors():
+    values, logits, cu = torch.randn(12, 6), torch.randn(12, 10), _cu_seqlens([5, 7])
+    with pytest.raises(ValueError, match="not both"):
+        ck.dynamic_conv(values, logits, 2, cu_seqlens=cu, padding_mask=torch.ones(1, 12, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"packed \[T, C\]"):
+        ck.dynamic_conv(values[None], logits[None], 2, cu_seqlens=cu)
+    with pytest.raises(ValueError, match="longer than max_seqlen=6"):
+        ck.dynamic_conv(values, logits, 2, cu_seqlens=cu, max_seqlen=6)
+    q = torch.randn(12, 4)
+    with pytest.raises(ValueError, match="query"):
+        ck.span_dynamic_conv(q[None], q, values, torch.randn(10, 4), None, 2, cu_seqlens=cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", COMPILED)
+def test_gpu_packed_sequences_never_synchronise(backend):
+    """No device-to-host copy on the packed path (torch's sync debug mode raises on one)."""
+    require(backend, "cuda")
+    cu = _cu_seqlens([300, 0, 1, 211]).cuda()
+    inputs = [torch.randn(512, 384, device="cuda", requires_grad=True) for _ in range(3)]
+    weight = torch.randn(6 * 9, 384, device="cuda", requires_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = ck.span_dynamic_conv(*inputs, weight, None, 6, cu_seqlens=cu, max_seqlen=300, backend=backend)
+        out.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert torch.isfinite(inputs[0].grad).all()
 
 
 @pytest.mark.parametrize("backend", CPU_DTYPES)
@@ -319,19 +459,26 @@ def test_opcheck(backend):
     require(backend)
     op = _ops(backend)
     inputs = make_span_inputs(2, 5, 6, 6, 2, 3, with_mask=True)
-    span_args = (*inputs.tensors(), 2, 1, inputs.padding_mask)  # K = 3, centred: padding_l = 1
+    span_args = (*inputs.tensors(), 2, 1, inputs.padding_mask, None)  # K = 3, centred (padding_l = 1)
     torch.library.opcheck(op["span_fwd"], (*span_args, True))
-    torch.library.opcheck(op["span_fwd"], (*span_args[:4], None, 2, 2, None, True))  # causal
-    torch.library.opcheck(op["span_fwd"], (*(t.detach() for t in inputs.tensors()), 2, 0, None, False))
+    torch.library.opcheck(op["span_fwd"], (*span_args[:4], None, 2, 2, None, None, True))  # causal
+    torch.library.opcheck(op["span_fwd"], (*(t.detach() for t in inputs.tensors()), 2, 0, None, None, False))
     _out, probs = op["span_fwd"](*span_args, True)
     g = torch.randn(2, 5, 6)
     plain = [t.detach() for t in inputs.tensors()[:4]]
-    torch.library.opcheck(op["span_bwd"], (g, *plain, probs, 2, 1, inputs.padding_mask))
+    torch.library.opcheck(op["span_bwd"], (g, *plain, probs, 2, 1, inputs.padding_mask, None))
     logits = torch.randn(2, 5, 6, requires_grad=True)
-    torch.library.opcheck(op["dynamic_fwd"], (inputs.values, logits, 2, 2, inputs.padding_mask, True))
-    torch.library.opcheck(op["dynamic_fwd"], (inputs.values.detach(), logits.detach(), 2, 0, None, False))
-    _out, probs = op["dynamic_fwd"](inputs.values, logits, 2, 2, None, True)
-    torch.library.opcheck(op["dynamic_bwd"], (g, inputs.values.detach(), probs, 2, 2, None))
+    torch.library.opcheck(op["dynamic_fwd"], (inputs.values, logits, 2, 2, inputs.padding_mask, None, True))
+    torch.library.opcheck(op["dynamic_fwd"], (inputs.values.detach(), logits.detach(), 2, 0, None, None, False))
+    _out, probs = op["dynamic_fwd"](inputs.values, logits, 2, 2, None, None, True)
+    torch.library.opcheck(op["dynamic_bwd"], (g, inputs.values.detach(), probs, 2, 2, None, None))
+    # packed sequences: per-token bounds of the sequences [0, 4) and [4, 10) of one [1, 10] row
+    bounds = torch.tensor([[0] * 4 + [4] * 6, [4] * 4 + [10] * 6])
+    packed = [t.detach().reshape(1, 10, -1).requires_grad_(True) for t in inputs.tensors()[:3]] + inputs.tensors()[3:]
+    torch.library.opcheck(op["span_fwd"], (*packed, 2, 2, None, bounds, True))
+    _out, probs = op["span_fwd"](*packed, 2, 2, None, bounds, True)
+    torch.library.opcheck(op["span_bwd"], (g.reshape(1, 10, 6), *(t.detach() for t in packed[:4]), probs, 2, 2,
+                                           None, bounds))
 
 
 @pytest.mark.parametrize("backend", COMPILED)
@@ -339,7 +486,7 @@ def test_probs_saved_only_for_a_backward_and_not_differentiable(backend):
     require(backend)
     op = _ops(backend)
     inputs = make_span_inputs(2, 7, 10, 12, 3, 5, with_mask=True)
-    args = (*inputs.tensors(), 3, 2, inputs.padding_mask)
+    args = (*inputs.tensors(), 3, 2, inputs.padding_mask, None)
     _out, probs = op["span_fwd"](*args, True)
     assert probs.shape == (2, 7, 3, 5) and probs.dtype == torch.float32 and not probs.requires_grad
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 7, 3))
@@ -348,7 +495,7 @@ def test_probs_saved_only_for_a_backward_and_not_differentiable(backend):
         ref = ck.span_dynamic_conv(*(t.double() for t in inputs.tensors()), 3, padding_mask=inputs.padding_mask,
                                    backend="reference")
         _, unsaved = op["span_fwd"](*args, False)
-        _, unsaved_dynamic = op["dynamic_fwd"](inputs.values, torch.randn(2, 7, 15), 3, 2, None, False)
+        _, unsaved_dynamic = op["dynamic_fwd"](inputs.values, torch.randn(2, 7, 15), 3, 2, None, None, False)
     assert unsaved.numel() == 0 and unsaved_dynamic.numel() == 0
     assert_close_to(out, ref, torch.float32, "no-grad forward")
 
@@ -359,24 +506,27 @@ def _bad_calls(backend):
     q, kc, v, w, b = (t.detach() for t in make_span_inputs(2, 7, 10, 12, 3, 5).tensors())
     probs = torch.rand(2, 7, 3, 5)
     return [
-        ("padding_l = K", op["span_fwd"], (q, kc, v, w, b, 3, 5, None, True)),
-        ("C not divisible by heads", op["span_fwd"], (q, kc, v[..., :11], w, b, 3, 2, None, True)),
-        ("weight dtype", op["span_fwd"], (q, kc, v, w.double(), b, 3, 2, None, True)),
-        ("bias shape", op["span_fwd"], (q, kc, v, w, b[:5], 3, 2, None, True)),
-        ("mask shape", op["span_fwd"], (q, kc, v, w, b, 3, 2, torch.ones(2, 6, dtype=torch.bool), True)),
-        ("query shape", op["span_fwd"], (q[:, :5], kc[:, :5], v, w, b, 3, 2, None, True)),
-        ("logits B/L", op["dynamic_fwd"], (v, torch.randn(2, 6, 15), 3, 2, None, True)),
-        ("logits not n*K", op["dynamic_fwd"], (v, torch.randn(2, 7, 14), 3, 2, None, True)),
-        ("padding_l < 0 (dynamic)", op["dynamic_fwd"], (v, torch.randn(2, 7, 15), 3, -1, None, True)),
-        ("padding_l = K (backward)", op["dynamic_bwd"], (v, v, probs, 3, 5, None)),
-        ("probs dtype", op["dynamic_bwd"], (v, v, probs.double(), 3, 2, None)),
-        ("probs not saved", op["span_bwd"], (v, q, kc, v, w, torch.empty(0), 3, 2, None)),
-        ("grad_out shape", op["span_bwd"], (v[:, :5], q, kc, v, w, probs, 3, 2, None)),
+        ("padding_l = K", op["span_fwd"], (q, kc, v, w, b, 3, 5, None, None, True)),
+        ("C not divisible by heads", op["span_fwd"], (q, kc, v[..., :11], w, b, 3, 2, None, None, True)),
+        ("weight dtype", op["span_fwd"], (q, kc, v, w.double(), b, 3, 2, None, None, True)),
+        ("bias shape", op["span_fwd"], (q, kc, v, w, b[:5], 3, 2, None, None, True)),
+        ("mask shape", op["span_fwd"], (q, kc, v, w, b, 3, 2, torch.ones(2, 6, dtype=torch.bool), None, True)),
+        ("query shape", op["span_fwd"], (q[:, :5], kc[:, :5], v, w, b, 3, 2, None, None, True)),
+        ("logits B/L", op["dynamic_fwd"], (v, torch.randn(2, 6, 15), 3, 2, None, None, True)),
+        ("logits not n*K", op["dynamic_fwd"], (v, torch.randn(2, 7, 14), 3, 2, None, None, True)),
+        ("padding_l < 0 (dynamic)", op["dynamic_fwd"], (v, torch.randn(2, 7, 15), 3, -1, None, None, True)),
+        ("padding_l = K (backward)", op["dynamic_bwd"], (v, v, probs, 3, 5, None, None)),
+        ("probs dtype", op["dynamic_bwd"], (v, v, probs.double(), 3, 2, None, None)),
+        ("probs not saved", op["span_bwd"], (v, q, kc, v, w, torch.empty(0), 3, 2, None, None)),
+        ("grad_out shape", op["span_bwd"], (v[:, :5], q, kc, v, w, probs, 3, 2, None, None)),
+        ("seq_bounds dtype", op["dynamic_fwd"], (v, torch.randn(2, 7, 15), 3, 2, None,
+                                                 torch.zeros(2, 14, dtype=torch.int32), True)),
+        ("seq_bounds shape", op["span_bwd"], (v, q, kc, v, w, probs, 3, 2, None, torch.zeros(2, 7, dtype=torch.long))),
     ]
 
 
 @pytest.mark.parametrize("backend", COMPILED)
-@pytest.mark.parametrize("index", range(13))
+@pytest.mark.parametrize("index", range(15))
 def test_fakes_refuse_what_the_ops_refuse(backend, index):
     """A traced (fake-tensor) call fails where a real one does: the fakes check what the kernels do."""
     from torch._subclasses.fake_tensor import FakeTensorMode

@@ -76,14 +76,14 @@ def test_weight_gradient_independent_of_thread_count(native, padding_l):
     inputs = make_span_inputs(2, 400, 24, 24, 3, 9, with_mask=True, seed=12)
     q, kc, v, w, b = (t.detach() for t in inputs.tensors())
     ops = torch.ops.convbert_kernels
-    _out, probs = ops.native_span_fwd(q, kc, v, w, b, 3, padding_l, inputs.padding_mask, True)
+    _out, probs = ops.native_span_fwd(q, kc, v, w, b, 3, padding_l, inputs.padding_mask, None, True)
     g = torch.randn_like(v)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = ops.native_span_bwd(g, q, kc, v, w, probs, 3, padding_l, inputs.padding_mask)
+        one = ops.native_span_bwd(g, q, kc, v, w, probs, 3, padding_l, inputs.padding_mask, None)
         torch.set_num_threads(max(2, threads))
-        many = ops.native_span_bwd(g, q, kc, v, w, probs, 3, padding_l, inputs.padding_mask)
+        many = ops.native_span_bwd(g, q, kc, v, w, probs, 3, padding_l, inputs.padding_mask, None)
     finally:
         torch.set_num_threads(threads)
     for name, i in [("d_values", 2), ("d_weight", 3), ("d_bias", 4)]:
@@ -210,8 +210,8 @@ def test_broadcast_logits_equal_materialised_logits(native, kernel_size, layout,
         leaf, logits = _shared_kernel_logits(batch, length, num_heads, kernel_size, dtype, layout)
         materialised = logits.detach().contiguous()
         for m in (None, mask):
-            shared = ops.native_dynamic_fwd(values, logits.detach(), num_heads, padding_l, m, True)
-            full = ops.native_dynamic_fwd(values, materialised, num_heads, padding_l, m, True)
+            shared = ops.native_dynamic_fwd(values, logits.detach(), num_heads, padding_l, m, None, True)
+            full = ops.native_dynamic_fwd(values, materialised, num_heads, padding_l, m, None, True)
             assert torch.equal(shared[0], full[0]) and torch.equal(shared[1], full[1]), (padding_l, m is None)
 
         grads = []
@@ -231,18 +231,308 @@ def test_bad_padding_l_is_refused_by_the_raw_ops(native):
     inputs = make_span_inputs(2, 7, 6, 12, 3, 4)
     q, kc, v, w, b = (t.detach() for t in inputs.tensors())
     logits = torch.randn(2, 7, 12)
-    probs = ops.native_dynamic_fwd(v, logits, 3, 1, None, True)[1]
+    probs = ops.native_dynamic_fwd(v, logits, 3, 1, None, None, True)[1]
     for padding_l in (-1, 4):
         calls = {
-            "span_fwd": lambda: ops.native_span_fwd(q, kc, v, w, b, 3, padding_l, None, True),
-            "span_bwd": lambda: ops.native_span_bwd(v, q, kc, v, w, probs, 3, padding_l, None),
-            "dynamic_fwd": lambda: ops.native_dynamic_fwd(v, logits, 3, padding_l, None, True),
-            "dynamic_bwd": lambda: ops.native_dynamic_bwd(v, v, probs, 3, padding_l, None),
+            "span_fwd": lambda: ops.native_span_fwd(q, kc, v, w, b, 3, padding_l, None, None, True),
+            "span_bwd": lambda: ops.native_span_bwd(v, q, kc, v, w, probs, 3, padding_l, None, None),
+            "dynamic_fwd": lambda: ops.native_dynamic_fwd(v, logits, 3, padding_l, None, None, True),
+            "dynamic_bwd": lambda: ops.native_dynamic_bwd(v, v, probs, 3, padding_l, None, None),
         }
         for name, call in calls.items():
             with pytest.raises(RuntimeError, match=r"padding_l must be in \[0, K - 1\]") as err:
                 call()
             assert "K=4" in str(err.value) and str(padding_l) in str(err.value), (name, str(err.value))
+
+
+# ---- packed sequences: the raw ops' seq_bounds ----------------------------------------------------
+
+# cu_seqlens of packed rows: empty sequences (first, inside, last), length 1, lengths below K, one
+# sequence over several CPU tiles (16 tokens); one sequence covering everything; a sequence across
+# the CPU range boundary (256 tokens); and a random packing.
+PACKINGS = {
+    "mixed": [0, 0, 1, 3, 3, 20, 21, 25, 40, 40],
+    "single": [0, 37],
+    "range_boundary": [0, 100, 250, 262, 263, 300],
+    "random": None,
+}
+# (K, padding_l): K = 1, even and odd K, each at padding_l 0, centred and K - 1
+TAPS = [(k, pl) for k in (1, 4, 5) for pl in sorted({0, (k - 1) // 2, k - 1})]
+
+
+def _cu_seqlens(packing: str) -> torch.Tensor:
+    if PACKINGS[packing] is not None:
+        return torch.tensor(PACKINGS[packing])
+    lengths = torch.randint(0, 9, (14,), generator=torch.Generator().manual_seed(5))
+    return torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+
+
+def _seq_bounds(cu: torch.Tensor) -> torch.Tensor:
+    """int64 [2, T]: per packed token, its sequence's [start, end) (what the Python layer passes)."""
+    lengths = cu[1:] - cu[:-1]
+    starts = torch.repeat_interleave(cu[:-1], lengths)
+    ends = torch.repeat_interleave(cu[1:], lengths)
+    return torch.stack([starts, ends]).long()
+
+
+def _batch_bounds(batch: int, length: int) -> torch.Tensor:
+    """The seq_bounds of a plain [B, L] batch: every row its own sequence."""
+    row = torch.arange(batch * length) // length * length
+    return torch.stack([row, row + length])
+
+
+def _packed_mask(total: int, seed: int) -> torch.Tensor:
+    """[1, T] bool with about a quarter of the tokens padding, scattered."""
+    return torch.rand(1, total, generator=torch.Generator().manual_seed(seed)) > 0.25
+
+
+def _each_sequence_alone(cu, fn, token_inputs, shared_inputs, grad_out, mask):
+    """Each sequence [1, len, .] alone through ``fn`` (the float64 reference), in float64: the
+    outputs and the gradients of <out, grad_out> for every input, concatenated along the tokens
+    (token_inputs) or summed over the sequences (shared_inputs)."""
+    outs, token_grads = [], [[] for _ in token_inputs]
+    shared_grads = [torch.zeros(t.shape, dtype=torch.float64) for t in shared_inputs]
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        if b == a:
+            continue
+        tokens = [t[:, a:b].double().requires_grad_(True) for t in token_inputs]
+        shared = [t.double().requires_grad_(True) for t in shared_inputs]
+        out = fn(*tokens, *shared, None if mask is None else mask[:, a:b])
+        grads = torch.autograd.grad(out, tokens + shared, grad_out[:, a:b].double())
+        outs.append(out.detach())
+        for acc, g in zip(token_grads, grads[: len(tokens)]):
+            acc.append(g)
+        for acc, g in zip(shared_grads, grads[len(tokens):]):
+            acc += g
+    return torch.cat(outs, 1), [torch.cat(g, 1) for g in token_grads] + shared_grads
+
+
+def _packed_case_id(case):
+    return f"K{case[0]}-pl{case[1]}"
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("packing", list(PACKINGS))
+@pytest.mark.parametrize("taps", TAPS, ids=_packed_case_id)
+def test_packed_dynamic_ops_equal_each_sequence_alone(native, taps, packing, dtype, with_mask):
+    """native_dynamic_fwd / _bwd on one packed row [1, T, C] with seq_bounds: out, d_values and
+    d_logits equal each sequence run alone by the float64 reference; probs is the plain softmax."""
+    kernel_size, padding_l = taps
+    cu = _cu_seqlens(packing)
+    total, num_heads, head_size = int(cu[-1]), 2, 5
+    g = torch.Generator().manual_seed(total + kernel_size)
+    values = torch.randn(1, total, num_heads * head_size, generator=g, dtype=torch.float64).to(dtype)
+    logits = (torch.randn(1, total, num_heads * kernel_size, generator=g, dtype=torch.float64) * 2).to(dtype)
+    grad_out = torch.randn(1, total, num_heads * head_size, generator=g, dtype=torch.float64).to(dtype)
+    mask = _packed_mask(total, kernel_size) if with_mask else None
+    ops = torch.ops.convbert_kernels
+    out, probs = ops.native_dynamic_fwd(values, logits, num_heads, padding_l, mask, _seq_bounds(cu), True)
+    d_values, d_logits = ops.native_dynamic_bwd(grad_out, values, probs, num_heads, padding_l, mask,
+                                                _seq_bounds(cu))
+
+    want, want_grads = _each_sequence_alone(
+        cu, lambda v, lg, m: ck.dynamic_conv(v, lg, num_heads, padding_l=padding_l, padding_mask=m,
+                                             backend="reference"),
+        [values, logits], [], grad_out, mask)
+    what = f"packed dynamic_conv K={kernel_size} padding_l={padding_l}"
+    assert_close_to(out, want, dtype, f"{what} forward")
+    softmax = torch.softmax(logits.double().view(1, total, num_heads, kernel_size), -1)
+    assert_close_to(probs, softmax, dtype, f"{what} probs")
+    for name, got, expected in zip(DYNAMIC_GRAD_NAMES, [d_values, d_logits], want_grads):
+        assert_close_to(got, expected, dtype, f"{what} {name}")
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("packing", list(PACKINGS))
+@pytest.mark.parametrize("taps", TAPS, ids=_packed_case_id)
+def test_packed_span_ops_equal_each_sequence_alone(native, taps, packing, dtype, with_mask):
+    """native_span_fwd / _bwd on one packed row with seq_bounds: out and every gradient equal each
+    sequence run alone by the float64 reference (d_weight, d_bias summed over the sequences)."""
+    kernel_size, padding_l = taps
+    cu = _cu_seqlens(packing)
+    total, num_heads, head_size, a_dim = int(cu[-1]), 2, 5, 6
+    g = torch.Generator().manual_seed(total * kernel_size)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    rows = num_heads * kernel_size
+    inputs = [rand(1, total, a_dim), rand(1, total, a_dim), rand(1, total, num_heads * head_size),
+              rand(rows, a_dim, scale=0.4), rand(rows, scale=0.5)]
+    grad_out = rand(1, total, num_heads * head_size)
+    mask = _packed_mask(total, kernel_size + 1) if with_mask else None
+    ops = torch.ops.convbert_kernels
+    out, probs = ops.native_span_fwd(*inputs, num_heads, padding_l, mask, _seq_bounds(cu), True)
+    grads = ops.native_span_bwd(grad_out, *inputs[:4], probs, num_heads, padding_l, mask, _seq_bounds(cu))
+
+    want, want_grads = _each_sequence_alone(
+        cu, lambda q, kc, v, w, b, m: ck.span_dynamic_conv(q, kc, v, w, b, num_heads, padding_l=padding_l,
+                                                           padding_mask=m, backend="reference"),
+        inputs[:3], inputs[3:], grad_out, mask)
+    what = f"packed span_dynamic_conv K={kernel_size} padding_l={padding_l}"
+    assert_close_to(out, want, dtype, f"{what} forward")
+    for name, got, expected in zip(GRAD_NAMES, grads, want_grads):
+        assert_close_to(got, expected, dtype, f"{what} {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
+def test_batch_row_seq_bounds_equal_no_seq_bounds(native, with_mask, dtype):
+    """seq_bounds [b * L, b * L + L) on a [B, L, C] batch is what no seq_bounds means: the same bits
+    from all four ops."""
+    batch, length, num_heads, kernel_size = 3, 37, 3, 5
+    span = make_span_inputs(batch, length, 8, 12, num_heads, kernel_size, with_mask=with_mask, seed=4)
+    q, kc, v, w, b = (t.detach().to(dtype) for t in span.tensors())
+    logits = (torch.randn(batch, length, num_heads * kernel_size, generator=torch.Generator().manual_seed(3))
+              * 2).to(dtype)
+    grad_out = torch.randn(v.shape, generator=torch.Generator().manual_seed(8)).to(dtype)
+    mask, rows = span.padding_mask, _batch_bounds(batch, length)
+    ops = torch.ops.convbert_kernels
+    for padding_l in (0, 2, 4):
+        results = []
+        for sb in (None, rows):
+            span_out = ops.native_span_fwd(q, kc, v, w, b, num_heads, padding_l, mask, sb, True)
+            dyn_out = ops.native_dynamic_fwd(v, logits, num_heads, padding_l, mask, sb, True)
+            results.append([*span_out, *dyn_out,
+                            *ops.native_span_bwd(grad_out, q, kc, v, w, span_out[1], num_heads, padding_l, mask, sb),
+                            *ops.native_dynamic_bwd(grad_out, v, dyn_out[1], num_heads, padding_l, mask, sb)])
+        for i, (a, b_) in enumerate(zip(*results)):
+            assert torch.equal(a, b_), (padding_l, i)
+
+
+def test_packed_sequences_never_read_their_neighbours_raw_ops(native):
+    """inf values and upstream gradients in one packed sequence change no bit of any other
+    sequence's outputs or gradients (rows outside a sequence are skipped, not multiplied by 0)."""
+    cu = torch.tensor([0, 6, 9, 30])
+    sb, num_heads, kernel_size, padding_l = _seq_bounds(cu), 2, 5, 2
+    g = torch.Generator().manual_seed(0)
+    values, grad_out = torch.randn(1, 30, 6, generator=g), torch.randn(1, 30, 6, generator=g)
+    logits = torch.randn(1, 30, num_heads * kernel_size, generator=g)
+    ops = torch.ops.convbert_kernels
+
+    def run(v, go):
+        out, probs = ops.native_dynamic_fwd(v, logits, num_heads, padding_l, None, sb, True)
+        return [out, *ops.native_dynamic_bwd(go, v, probs, num_heads, padding_l, None, sb)]
+
+    clean = run(values, grad_out)
+    poisoned_v, poisoned_g = values.clone(), grad_out.clone()
+    poisoned_v[:, 6:9] = float("inf")
+    poisoned_g[:, 6:9] = float("nan")
+    poisoned = run(poisoned_v, poisoned_g)
+    for name, a, b in zip(["out", "d_values", "d_logits"], clean, poisoned):
+        assert torch.equal(a[:, :6], b[:, :6]) and torch.equal(a[:, 9:], b[:, 9:]), name
+
+
+@pytest.mark.parametrize("padding_l", [0, 4, 8])
+def test_packed_results_independent_of_thread_count(native, padding_l):
+    """With seq_bounds too, every output of the four ops has the same bits on 1 or 2+ threads
+    (sequences across tiles and the 256-token ranges)."""
+    lengths = torch.tensor([3, 0, 250, 1, 17, 300, 9, 0, 120])
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    total, sb = int(cu[-1]), _seq_bounds(cu)
+    span = make_span_inputs(1, total, 24, 24, 3, 9, seed=13)
+    q, kc, v, w, b = (t.detach() for t in span.tensors())
+    logits = torch.randn(1, total, 27, generator=torch.Generator().manual_seed(1))
+    mask = _packed_mask(total, 2)
+    g = torch.randn_like(v)
+    ops = torch.ops.convbert_kernels
+
+    def run():
+        span_out = ops.native_span_fwd(q, kc, v, w, b, 3, padding_l, mask, sb, True)
+        dyn_out = ops.native_dynamic_fwd(v, logits, 3, padding_l, mask, sb, True)
+        return [*span_out, *dyn_out, *ops.native_span_bwd(g, q, kc, v, w, span_out[1], 3, padding_l, mask, sb),
+                *ops.native_dynamic_bwd(g, v, dyn_out[1], 3, padding_l, mask, sb)]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(max(2, threads))
+        many = run()
+    finally:
+        torch.set_num_threads(threads)
+    for i, (a, b_) in enumerate(zip(one, many)):
+        assert torch.equal(a, b_), i
+
+
+def test_bad_seq_bounds_is_refused_by_the_raw_ops(native):
+    """seq_bounds of another dtype or shape than int64 [2, B*L] is a RuntimeError naming it, from
+    each of the four ops."""
+    ops = torch.ops.convbert_kernels
+    inputs = make_span_inputs(2, 7, 6, 12, 3, 4)
+    q, kc, v, w, b = (t.detach() for t in inputs.tensors())
+    logits = torch.randn(2, 7, 12)
+    probs = ops.native_dynamic_fwd(v, logits, 3, 1, None, None, True)[1]
+    good = _batch_bounds(2, 7)
+    shape = r"seq_bounds must be \[2, B\*L\] = \[2, 14\]"
+    bad = [
+        ("seq_bounds must be int64", good.int()),
+        ("seq_bounds must be int64", good.double()),
+        (shape, good[:, :7]),
+        (shape, good.t().contiguous()),
+        (shape, torch.cat([good, good[:1]])),
+        (shape, good.reshape(-1)),
+    ]
+    for match, sb in bad:
+        calls = {
+            "span_fwd": lambda: ops.native_span_fwd(q, kc, v, w, b, 3, 1, None, sb, True),
+            "span_bwd": lambda: ops.native_span_bwd(v, q, kc, v, w, probs, 3, 1, None, sb),
+            "dynamic_fwd": lambda: ops.native_dynamic_fwd(v, logits, 3, 1, None, sb, True),
+            "dynamic_bwd": lambda: ops.native_dynamic_bwd(v, v, probs, 3, 1, None, sb),
+        }
+        for name, call in calls.items():
+            with pytest.raises(RuntimeError, match=match):
+                call()
+    # and the good one runs
+    ops.native_dynamic_fwd(v, logits, 3, 1, None, good, True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_packed_ops_equal_cpu_ops(native, dtype):
+    """The CUDA kernels with seq_bounds (tiles spanning several sequences) against the CPU kernels,
+    tested above against each sequence alone: all four ops, at three window offsets, with and
+    without a padding mask; and inf / NaN in one sequence reach no other one."""
+    assert native.HAS_CUDA_KERNELS
+    lengths = torch.tensor([3, 0, 70, 1, 17, 2, 45, 0, 9])
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    total, sb, num_heads, kernel_size = int(cu[-1]), _seq_bounds(cu), 3, 9
+    span = make_span_inputs(1, total, 20, 24, num_heads, kernel_size, seed=21)
+    cpu_inputs = [t.detach().to(dtype) for t in span.tensors()]
+    logits = (torch.randn(1, total, num_heads * kernel_size, generator=torch.Generator().manual_seed(2)) * 2).to(dtype)
+    grad_out = torch.randn(1, total, 24, generator=torch.Generator().manual_seed(3)).to(dtype)
+    ops = torch.ops.convbert_kernels
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+
+    def run(device, inputs, lg, go, m, padding_l):
+        q, kc, v, w, b = (t.to(device) for t in inputs)
+        lg, go, bounds = lg.to(device), go.to(device), sb.to(device)
+        m = None if m is None else m.to(device)
+        span_out = ops.native_span_fwd(q, kc, v, w, b, num_heads, padding_l, m, bounds, True)
+        dyn_out = ops.native_dynamic_fwd(v, lg, num_heads, padding_l, m, bounds, True)
+        return [t.cpu() for t in (
+            *span_out, *dyn_out,
+            *ops.native_span_bwd(go, q, kc, v, w, span_out[1], num_heads, padding_l, m, bounds),
+            *ops.native_dynamic_bwd(go, v, dyn_out[1], num_heads, padding_l, m, bounds))]
+
+    for padding_l in (0, 4, 8):
+        for m in (None, _packed_mask(total, 1)):
+            want = run("cpu", cpu_inputs, logits, grad_out, m, padding_l)
+            got = run("cuda", cpu_inputs, logits, grad_out, m, padding_l)
+            for i, (a, b) in enumerate(zip(got, want)):
+                scale = b.double().abs().max().clamp_min(1e-30)
+                err = (a.double() - b.double()).abs().max()
+                assert err <= tol * scale, (padding_l, m is None, i, float(err), float(scale))
+    # inf / NaN in sequence [73, 74) (length 1) and [74, 91): no other token changes
+    poisoned_v, poisoned_g = cpu_inputs[2].clone(), grad_out.clone()
+    poisoned_v[:, 73:91], poisoned_g[:, 73:91] = float("inf"), float("nan")
+    clean = run("cuda", cpu_inputs, logits, grad_out, None, 4)
+    poisoned = run("cuda", cpu_inputs[:2] + [poisoned_v] + cpu_inputs[3:], logits, poisoned_g, None, 4)
+    for i in (0, 2, 4, 5, 6, 9, 10):  # every per-token output but probs: out, d_query, ..., d_logits
+        assert torch.equal(clean[i][:, :73], poisoned[i][:, :73]), i
+        assert torch.equal(clean[i][:, 91:], poisoned[i][:, 91:]), i
 
 
 # ---- a failed build is reported, not fatal ------------------------------------------------------

@@ -181,7 +181,7 @@ def test_bf16_refused_under_the_interpreter():
     k = _kernels()
     probs = torch.rand(2, 7, 3, 5)
     with pytest.raises(ValueError, match="bfloat16"):
-        k.window_backward(inputs.values.detach(), inputs.values.detach(), probs, 3, 2, None, torch.float32)
+        k.window_backward(inputs.values.detach(), inputs.values.detach(), probs, 3, 2, None, None, torch.float32)
     with pytest.raises(ValueError, match="bfloat16"):
         k.projection_backward(probs.reshape(2, 7, 15), inputs.query.detach(), inputs.key_conv.detach(),
                               inputs.weight.detach(), 3)
