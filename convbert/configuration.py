@@ -40,8 +40,8 @@ _GENERIC_DEFAULTS: dict[str, Any] = {
 _POSITIVE_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                   "max_position_embeddings", "type_vocab_size", "embedding_size", "head_ratio", "conv_kernel_size",
                   "num_groups")
-_BOOLS = ("conv_mask_padding", "output_hidden_states", "output_attentions", "return_dict", "tie_word_embeddings",
-          "is_decoder", "add_cross_attention")
+_BOOLS = ("conv_mask_padding", "unpad_inputs", "output_hidden_states", "output_attentions", "return_dict",
+          "tie_word_embeddings", "is_decoder", "add_cross_attention")
 _PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")  # the last may be None
 _PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
@@ -97,6 +97,11 @@ class ConvBertConfig:
             as zeros, so a sequence gives the same outputs alone as in any right-padded batch.
             Hugging Face does not (padding leaks into the windows of nearby tokens), so the
             default False keeps checkpoint parity.
+        unpad_inputs: when True (with ``conv_mask_padding=True``), a batch with an ``attention_mask``
+            drops its padding once after the embeddings and every layer runs on the real tokens only
+            (:mod:`convbert.packing`): the outputs at real tokens, the losses and the gradients are
+            those of the padded model, the padded positions of the returned hidden states are zeros.
+            ``output_attentions`` and ``head_mask`` run the padded path instead.
         num_labels / id2label / label2id: classification labels (default 2).
         **kwargs: any other Hugging Face config key; kept and written back.
     """
@@ -127,6 +132,7 @@ class ConvBertConfig:
         classifier_dropout: float | None = None,
         conv_backend: str = "auto",
         conv_mask_padding: bool = False,
+        unpad_inputs: bool = False,
         **kwargs: Any,
     ):
         self.vocab_size = vocab_size
@@ -151,6 +157,7 @@ class ConvBertConfig:
         self.classifier_dropout = classifier_dropout
         self.conv_backend = conv_backend
         self.conv_mask_padding = conv_mask_padding
+        self.unpad_inputs = unpad_inputs
 
         model_type = kwargs.pop("model_type", self.model_type)
         if model_type != self.model_type:
@@ -245,6 +252,9 @@ class ConvBertConfig:
         if self.architectures is not None and not (
                 isinstance(self.architectures, list) and all(isinstance(a, str) for a in self.architectures)):
             raise ValueError(f"architectures must be a list of class names or null, got {self.architectures!r}")
+        if self.unpad_inputs is True and self.conv_mask_padding is not True:
+            raise ValueError("unpad_inputs=True computes what conv_mask_padding=True does (no token sees padding); "
+                             "set conv_mask_padding=True as well, so the padded fallback gives the same numbers")
         if self.conv_kernel_size % 2 == 0:
             raise ValueError(f"conv_kernel_size must be odd (a centred window), got {self.conv_kernel_size}")
         if self.hidden_size % self.num_heads != 0:

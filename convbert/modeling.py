@@ -27,6 +27,7 @@ from convbert_kernels import load_backends
 from convbert_kernels.mixed_attention import attention_branch, conv_branch, mix_heads
 
 from .configuration import ConvBertConfig
+from .packing import PackedBatch
 from .outputs import (
     BaseModelOutputWithCrossAttentions,
     MaskedLMOutput,
@@ -111,8 +112,11 @@ class SeparableConv1D(nn.Module):
         self.pointwise = nn.Conv1d(input_filters, output_filters, kernel_size=1, bias=False)
         self.bias = nn.Parameter(torch.zeros(output_filters, 1))
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """[B, L, Hd] -> [B, L, A]."""
+    def forward(self, hidden_states: torch.Tensor, packed: PackedBatch | None = None) -> torch.Tensor:
+        """[B, L, Hd] -> [B, L, A]; or packed tokens [T, Hd] -> [T, A], each sequence on its own."""
+        if packed is not None:
+            x = packed.depthwise_conv(self.depthwise, hidden_states)
+            return F.linear(x, self.pointwise.weight.squeeze(-1)) + self.bias.squeeze(-1)
         x = self.pointwise(self.depthwise(hidden_states.transpose(1, 2))) + self.bias
         return x.transpose(1, 2)
 
@@ -137,11 +141,15 @@ class ConvBertSelfAttention(nn.Module):
         self.conv_out_layer = nn.Linear(hidden, self.all_head_size)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
-    def forward(self, hidden_states, attention_mask=None, padding_mask=None, head_mask=None, output_attentions=False):
+    def forward(self, hidden_states, attention_mask=None, padding_mask=None, head_mask=None, output_attentions=False,
+                packed: PackedBatch | None = None):
         """hidden_states [B, L, Hd]; attention_mask additive [B, 1, 1, L]; padding_mask [B, L] (1 = token).
+        Or, with ``packed``, the real tokens alone, [T, Hd] (the masks unused).
 
-        Returns (context [B, L, 2A], attention probabilities [B, n, L, L] or None).
+        Returns (context [B, L, 2A] or [T, 2A], attention probabilities [B, n, L, L] or None).
         """
+        if packed is not None:
+            return self._forward_packed(hidden_states, packed), None
         query = self.query(hidden_states)
         conv_mask = padding_mask if self.config.conv_mask_padding else None
         conv_input = hidden_states
@@ -158,6 +166,19 @@ class ConvBertSelfAttention(nn.Module):
             attention_mask=attention_mask, dropout=self.dropout, head_mask=head_mask, need_probs=output_attentions,
         )
         return mix_heads(context, conv), probs
+
+    def _forward_packed(self, hidden_states: torch.Tensor, packed: PackedBatch) -> torch.Tensor:
+        """The same block on packed tokens [T, Hd]: no token reads across a sequence boundary."""
+        query = self.query(hidden_states)
+        conv = conv_branch(
+            query, self.key_conv_attn_layer(hidden_states, packed), self.conv_out_layer(hidden_states),
+            self.conv_kernel_layer, self.num_attention_heads, cu_seqlens=packed.cu_seqlens,
+            backend=self.config.conv_backend,
+        )
+        dropout_p = self.dropout.p if self.training else 0.0
+        context = packed.attention(query, self.key(hidden_states), self.value(hidden_states),
+                                   self.num_attention_heads, dropout_p)
+        return mix_heads(context.unsqueeze(0), conv.unsqueeze(0)).squeeze(0)
 
 
 class ConvBertSelfOutput(nn.Module):
@@ -177,8 +198,9 @@ class ConvBertAttention(nn.Module):
         self.self = ConvBertSelfAttention(config)
         self.output = ConvBertSelfOutput(config)
 
-    def forward(self, hidden_states, attention_mask=None, padding_mask=None, head_mask=None, output_attentions=False):
-        context, probs = self.self(hidden_states, attention_mask, padding_mask, head_mask, output_attentions)
+    def forward(self, hidden_states, attention_mask=None, padding_mask=None, head_mask=None, output_attentions=False,
+                packed=None):
+        context, probs = self.self(hidden_states, attention_mask, padding_mask, head_mask, output_attentions, packed)
         return self.output(context, hidden_states), probs
 
 
@@ -236,9 +258,10 @@ class ConvBertLayer(nn.Module):
         self.intermediate = ConvBertIntermediate(config)
         self.output = ConvBertOutput(config)
 
-    def forward(self, hidden_states, attention_mask=None, padding_mask=None, head_mask=None, output_attentions=False):
+    def forward(self, hidden_states, attention_mask=None, padding_mask=None, head_mask=None, output_attentions=False,
+                packed=None):
         attention_output, probs = self.attention(hidden_states, attention_mask, padding_mask, head_mask,
-                                                 output_attentions)
+                                                 output_attentions, packed)
         return self.output(self.intermediate(attention_output), attention_output), probs
 
 
@@ -250,23 +273,28 @@ class ConvBertEncoder(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, hidden_states, attention_mask=None, padding_mask=None, head_mask=None,
-                output_attentions=False, output_hidden_states=False, return_dict=True):
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
+                output_attentions=False, output_hidden_states=False, return_dict=True, packed=None):
+        """``packed``: run on the packed real tokens [T, Hd] (see :mod:`convbert.packing`); the
+        returned hidden states are padded back to [B, L, Hd], zeros at padding."""
+        def padded(h):
+            return h if packed is None else packed.unpack(h)
+
+        all_hidden_states = (padded(hidden_states),) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for i, layer in enumerate(self.layer):
             layer_head_mask = head_mask[i] if head_mask is not None else None
             if self.gradient_checkpointing and self.training:
                 hidden_states, probs = checkpoint(layer, hidden_states, attention_mask, padding_mask, layer_head_mask,
-                                                  output_attentions, use_reentrant=False)
+                                                  output_attentions, packed, use_reentrant=False)
             else:
                 hidden_states, probs = layer(hidden_states, attention_mask, padding_mask, layer_head_mask,
-                                             output_attentions)
+                                             output_attentions, packed)
             if output_hidden_states:
-                all_hidden_states += (hidden_states,)
+                all_hidden_states += (padded(hidden_states),)
             if output_attentions:
                 all_attentions += (probs,)
         out = BaseModelOutputWithCrossAttentions(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+            last_hidden_state=padded(hidden_states), hidden_states=all_hidden_states, attentions=all_attentions
         )
         return out if return_dict else out.to_tuple()
 
@@ -379,6 +407,14 @@ class ConvBertModel(ConvBertPreTrainedModel):
                 f"head_mask must have shape [{heads}] or [{layers}, {heads}], got {tuple(head_mask.shape)}")
         return head_mask[:, None, :, None, None].to(dtype)
 
+    def runs_unpadded(self, attention_mask, head_mask=None, output_attentions=None) -> bool:
+        """Whether a call with these arguments drops the padding (``config.unpad_inputs``): it does
+        when there is an ``attention_mask`` and neither attention probabilities nor a ``head_mask``
+        are asked for (those run the padded path, which gives the same numbers)."""
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        return bool(self.config.unpad_inputs and attention_mask is not None and not output_attentions
+                    and head_mask is None)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -395,7 +431,8 @@ class ConvBertModel(ConvBertPreTrainedModel):
 
         Args:
             input_ids: [B, L] token ids (or ``inputs_embeds`` [B, L, E], not both).
-            attention_mask: [B, L], 1 for tokens, 0 for padding.
+            attention_mask: [B, L], 1 for tokens, 0 for padding. With ``config.unpad_inputs`` a row
+                may number several packed documents instead (``1 1 2 2 2 0``): none then sees another.
             token_type_ids: [B, L] segment ids (default 0).
             position_ids: [B, L] positions (default 0..L-1).
             head_mask: [n] or [num_layers, n]; 0 silences a self-attention head.
@@ -421,8 +458,17 @@ class ConvBertModel(ConvBertPreTrainedModel):
         if hasattr(self, "embeddings_project"):
             hidden_states = self.embeddings_project(hidden_states)
 
+        if self.runs_unpadded(attention_mask, head_mask, output_attentions):
+            # drop the padding once; every layer then runs on the real tokens only
+            packed = PackedBatch.from_attention_mask(attention_mask, self.config.conv_kernel_size)
+            return self.encoder(packed.pack(hidden_states), output_hidden_states=output_hidden_states,
+                                return_dict=return_dict, packed=packed)
+
         additive_mask = None
         if attention_mask is not None:
+            if not torch.compiler.is_compiling() and attention_mask.numel() and attention_mask.max() > 1:
+                raise ValueError("attention_mask numbers several documents per row (values > 1): that needs "
+                                 "unpad_inputs=True, without output_attentions or head_mask")
             # Broadcast over heads and queries; masked keys get the dtype's most negative value.
             mask = attention_mask[:, None, None, :].to(hidden_states.dtype)
             additive_mask = (1.0 - mask) * torch.finfo(hidden_states.dtype).min
@@ -557,7 +603,13 @@ class ConvBertForSequenceClassification(ConvBertPreTrainedModel):
 
 
 class ConvBertForMultipleChoice(ConvBertPreTrainedModel):
-    """Scores each of C choices ([B, C, L] inputs) from the last token of its sequence."""
+    """Scores each of C choices ([B, C, L] inputs) from the last token of its sequence.
+
+    As Hugging Face's, the padded model reads position L - 1: for a choice shorter than the batch
+    that is a padding position. The unpadded model (``config.unpad_inputs``) computes nothing at
+    padding, so it reads each choice's last real token instead; the two agree wherever no choice
+    is padded at its end.
+    """
 
     def __init__(self, config: ConvBertConfig):
         super().__init__(config)
@@ -581,7 +633,12 @@ class ConvBertForMultipleChoice(ConvBertPreTrainedModel):
                                  output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                                  return_dict=True)
         sequence = backbone.last_hidden_state
-        logits = self.classifier(self.sequence_summary(sequence[:, -1])).view(-1, num_choices)
+        last = sequence.shape[1] - 1
+        if self.convbert.runs_unpadded(attention_mask, head_mask, output_attentions):
+            positions = torch.arange(sequence.shape[1], device=sequence.device)
+            last = torch.where(flat(attention_mask).bool(), positions, -1).amax(dim=1)  # -1: an empty choice
+        summary = sequence[torch.arange(sequence.shape[0], device=sequence.device), last]
+        logits = self.classifier(self.sequence_summary(summary)).view(-1, num_choices)
         loss = None if labels is None else F.cross_entropy(logits, labels)
         return _finish(MultipleChoiceModelOutput, return_dict, loss=loss, logits=logits,
                        hidden_states=backbone.hidden_states, attentions=backbone.attentions)
@@ -617,7 +674,13 @@ class ConvBertForTokenClassification(ConvBertPreTrainedModel):
 
 
 class ConvBertForQuestionAnswering(ConvBertPreTrainedModel):
-    """Extractive QA: start and end logits over the tokens."""
+    """Extractive QA: start and end logits over the tokens.
+
+    As Hugging Face's, the padded model scores padding positions too (its logits there come from
+    the hidden states computed at padding). The unpadded model (``config.unpad_inputs``) computes
+    nothing at padding: its logits there are the dtype's lowest value, so no answer starts or ends
+    in padding and the loss is the padded model's with padding positions left out of the softmax.
+    """
 
     def __init__(self, config: ConvBertConfig):
         super().__init__(config)
@@ -638,6 +701,10 @@ class ConvBertForQuestionAnswering(ConvBertPreTrainedModel):
         sequence = backbone.last_hidden_state
         start_logits, end_logits = self.qa_outputs(sequence).split(1, dim=-1)
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
+        if self.convbert.runs_unpadded(attention_mask, head_mask, output_attentions):
+            padding = attention_mask == 0
+            lowest = torch.finfo(start_logits.dtype).min
+            start_logits, end_logits = start_logits.masked_fill(padding, lowest), end_logits.masked_fill(padding, lowest)
         loss = None
         if start_positions is not None and end_positions is not None:
             ignored = start_logits.size(1)  # a clamped out-of-range position becomes L, the ignore index
