@@ -60,6 +60,7 @@ class Case:
     int64: bool = False  # force the 64-bit-offset variant (taken for tensors past 2^31 elements)
     tf32: bool = False  # fp32 with torch's TF32 switch on
     causal: bool = False  # padding_l = K - 1 (decoders) rather than the centred window
+    packed: bool = False  # per-token sequence bounds (packed sequences, cu_seqlens)
 
     @property
     def padding_l(self) -> int:
@@ -83,6 +84,8 @@ def cases() -> list[Case]:
     for dtype in dtypes:
         for taps in (7, 31):
             out.append(Case("causal window", 8, 1024, 512, 512, 8, taps, dtype, causal=True))
+        # packed sequences (the unpadded model at base dims): the kernels with sequence bounds
+        out.append(Case("packed base", 1, 4096, 384, 384, 6, 9, dtype, packed=True))
     out.append(Case("bench base, TF32", 32, 512, 384, 384, 6, 9, torch.float32, tf32=True))
     # the model benchmark and training at every published size
     for size, kwargs in MODEL_SIZES.items():
@@ -173,9 +176,9 @@ def parse_resource_usage(text: str) -> dict[str, int]:
 
 
 def _config_text(meta: dict) -> str:
-    names = ("K", "N_PAD", "K_PAD", "D_PAD", "BLOCK_T", "BLOCK_A")
+    names = ("K", "P", "N_PAD", "K_PAD", "D_PAD", "BLOCK_T", "BLOCK_A")
     parts = [f"{n}={meta[n]}" for n in names if n in meta]
-    flags = [n for n in ("FUSED", "HAS_BIAS", "HAS_MASK", "SAVE_PROBS", "INT64") if meta.get(n)]
+    flags = [n for n in ("FUSED", "HAS_BIAS", "HAS_MASK", "HAS_BOUNDS", "SAVE_PROBS", "INT64") if meta.get(n)]
     if meta.get("PREC") == "tf32":
         flags.append("TF32")
     if meta.get("maxnreg"):
@@ -199,16 +202,26 @@ def _inputs(case: Case):
     return q, kc, v, w, (b if case.bias else None), mask
 
 
+def _bounds(case: Case):
+    """Per-token sequence bounds for a packed case: one packed row of the batch's sequences."""
+    if not case.packed:
+        return None
+    rows = torch.arange(case.batch * case.length)
+    start = rows - rows % case.length
+    return torch.stack([start, start + case.length])
+
+
 def _run_launchers(k, case: Case) -> None:
     """Every launcher the backend's ops call for this case: span and dynamic, forward and backward."""
     q, kc, v, w, b, mask = _inputs(case)
-    out, probs = k.span_forward(q, kc, v, w, b, case.heads, case.padding_l, mask, save_probs=case.save_probs)
+    bounds = _bounds(case)
+    out, probs = k.span_forward(q, kc, v, w, b, case.heads, case.padding_l, mask, bounds, save_probs=case.save_probs)
     logits = torch.zeros(case.batch, case.length, case.heads * case.taps, dtype=case.dtype)
-    k.dynamic_forward(v, logits, case.heads, case.padding_l, mask, save_probs=case.save_probs)
+    k.dynamic_forward(v, logits, case.heads, case.padding_l, mask, bounds, save_probs=case.save_probs)
     if case.save_probs:  # the backward exists only where the forward saved probabilities
         probs = torch.rand(case.batch, case.length, case.heads, case.taps, dtype=probs.dtype)
-        k.span_backward(out, q, kc, v, w, probs, case.heads, case.padding_l, mask)
-        k.window_backward(out, v, probs, case.heads, case.padding_l, mask, None, case.dtype)
+        k.span_backward(out, q, kc, v, w, probs, case.heads, case.padding_l, mask, bounds)
+        k.window_backward(out, v, probs, case.heads, case.padding_l, mask, bounds, case.dtype)
 
 
 def collect(archs=(90, 80), progress=True) -> list[Specialisation]:
