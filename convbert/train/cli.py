@@ -88,6 +88,14 @@ def _add_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int, seq_l
                    help="convbert_kernels backend of the convolution: auto, triton, native, eager, reference")
     g.add_argument("--compile", action="store_true", help="torch.compile the models")
     g.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    g.add_argument("--unpad", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop the padding after the embeddings and run every layer on the real tokens only "
+                        "(config unpad_inputs: the numbers of the padded model with conv_mask_padding, faster "
+                        "when lengths vary). Default: on when the model's config has conv_mask_padding=true, off "
+                        "otherwise (a Hugging Face checkpoint keeps its semantics, where padding leaks into the "
+                        "convolution windows of the tokens near it). --unpad on such a model also sets "
+                        "conv_mask_padding=true, which changes its outputs from the Hugging Face model's; "
+                        "--no-unpad runs the padded model. Saved in the model's config.json")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=_positive_int, default=batch_size, help="sequences per micro-batch per process")
@@ -144,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--generator-fraction", type=_float_in(0, 1, low_open=True), default=None,
                      help="generator width / discriminator width (default 1/3 for base, 1/4 otherwise)")
     pre.add_argument("--max-documents", type=_positive_int, default=None, help="use only the first N documents")
+    pre.add_argument("--pack-documents", action="store_true",
+                     help="pack several whole documents into each block, none seeing another (attention and "
+                          "convolution windows stay inside a document, positions restart at 0, a document "
+                          "longer than a block is cut into pieces): trains the model on text as it will see it "
+                          "later, one document at a time. Turns on conv_mask_padding and unpad_inputs in the "
+                          "model's config. Default: the documents are concatenated, [SEP] between them, and cut "
+                          "into blocks")
     pre.add_argument("--held-out", type=_float_in(0, 0.5), default=0.02,
                      help="fraction of the documents kept out of training for a masked-token evaluation at the "
                           "start and the end (0: none)")
@@ -334,11 +349,36 @@ def _model_config(args, init_config, tokenizer, tokenizer_name: str, **keys):
         values = init_config.to_dict()
         values.pop("model_type", None)
     values.update(keys)
+    values.update(_padding_keys(args, values))
     with _user_errors((TypeError, ValueError), "bad model config: "):
         config = ConvBertConfig.from_dict(values)
     if args.seq_len > config.max_position_embeddings:
         raise CliError(f"--seq-len {args.seq_len} exceeds max_position_embeddings={config.max_position_embeddings}")
     return config
+
+
+def _padding_keys(args, values: dict[str, Any]) -> dict[str, bool]:
+    """The config keys of --unpad / --no-unpad (and --pack-documents, which needs unpadding) for a
+    model config ``values``: by default unpad exactly when it has conv_mask_padding=true."""
+    unpad = getattr(args, "unpad", None)
+    if getattr(args, "pack_documents", False):
+        if unpad is False:
+            raise CliError("--pack-documents needs the unpadded model (documents share a block); drop --no-unpad")
+        unpad = True
+    if unpad is None:  # (--set unpad_inputs=true asks for it too)
+        unpad = values.get("conv_mask_padding") is True or values.get("unpad_inputs") is True
+    return {"unpad_inputs": True, "conv_mask_padding": True} if unpad else {"unpad_inputs": False}
+
+
+def _padding_path(config) -> str:
+    """One line saying how the model treats padding (for the run's description)."""
+    if config.unpad_inputs:
+        return ("padding: dropped after the embeddings, every layer runs on the real tokens only (unpad_inputs; "
+                "--no-unpad runs the padded model)")
+    if config.conv_mask_padding:
+        return "padding: kept, masked out of the convolutions (conv_mask_padding; --unpad drops it, same numbers)"
+    return ("padding: kept, Hugging Face semantics: it leaks into the convolution windows of the tokens near it "
+            "(--unpad masks it out and drops it)")
 
 
 def _build_module(args, env, build):
@@ -386,7 +426,7 @@ def _train(args, env, module, plan, fetch, max_steps: int, output_dir: Path, tok
 def run_pretrain(args, env) -> dict:
     import torch
 
-    from .data import DataError, pack_documents
+    from .data import DataError, pack_documents, pack_whole_documents
 
     output_dir, resume = _start_run("pretrain", args, env)
     files, documents = _pretrain_corpus(args, env)
@@ -396,9 +436,10 @@ def run_pretrain(args, env) -> dict:
     config = _model_config(args, init_config, tokenizer, "the tokenizer", vocab_size=len(tokenizer),
                            pad_token_id=tokenizer.pad_token_id, conv_backend=args.backend)
     source = ", ".join(repr(str(f)) for f in files)
+    pack = pack_whole_documents if args.pack_documents else pack_documents
     with _user_errors(DataError):
-        blocks = pack_documents(tokenizer, documents, args.seq_len, source=source)
-        held = pack_documents(tokenizer, held_out, args.seq_len, source=source) if held_out else None
+        blocks = pack(tokenizer, documents, args.seq_len, source=source)
+        held = pack(tokenizer, held_out, args.seq_len, source=source) if held_out else None
     plan, max_steps = _plan(args, env, len(blocks["input_ids"]), drop_last=True, default_epochs=1.0)
     module = _build_module(args, env, lambda: _pretrainer(args, config, tokenizer, resume))
     _describe_pretraining(args, env, documents, blocks, tokenizer, module, max_steps, output_dir)
@@ -536,8 +577,14 @@ def _describe_pretraining(args, env, documents, blocks, tokenizer, module, max_s
     config, electra = module.config, args.objective == "electra"
     n_params = sum(p.numel() for p in module.parameters())
     disc_params = sum(p.numel() for p in (module.discriminator if electra else module.model).parameters())
+    real = blocks["attention_mask"] != 0
+    if args.pack_documents:
+        packing = (f"{int(blocks['attention_mask'].amax(dim=1).sum()):,} documents or pieces packed whole, "
+                   f"{float(real.float().mean()):.1%} of the positions filled")
+    else:
+        packing = "documents concatenated with [SEP] between them"
     _say(env, f"corpus: {len(documents):,} documents -> {len(blocks['input_ids']):,} blocks of {args.seq_len} tokens "
-              f"({int(blocks['attention_mask'].sum()):,} tokens); vocabulary {len(tokenizer):,}")
+              f"({int(real.sum()):,} tokens; {packing}); vocabulary {len(tokenizer):,}")
     _say(env, f"model: ConvBERT hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
               f"{config.num_heads} attention + {config.num_heads} conv heads, kernel {config.conv_kernel_size}; "
               f"{disc_params / 1e6:.2f}M parameters"
@@ -545,6 +592,7 @@ def _describe_pretraining(args, env, documents, blocks, tokenizer, module, max_s
                  if electra else "")
               + f"; objective {args.objective}; backend {args.backend}; device {env.device}"
               + (f" x {env.world_size} processes" if env.distributed else ""))
+    _say(env, _padding_path(config))
     _say(env, f"training: {max_steps} steps x {args.batch_size * args.grad_accum * env.world_size} sequences "
               f"(batch {args.batch_size} x accum {args.grad_accum} x {env.world_size} process(es)), lr {args.lr}, "
               f"{args.precision}; output {output_dir}")
@@ -672,6 +720,7 @@ def _describe_finetuning(args, env, train, evals, scheme, config, max_steps: int
     _say(env, f"model: from {args.init_from or 'scratch'}, hidden {config.hidden_size}, {config.num_hidden_layers} "
               f"layers; {max_steps} steps, batch {args.batch_size} x accum {args.grad_accum} x {env.world_size}; "
               f"output {output_dir}")
+    _say(env, f"batches: each padded to its longest sequence; {_padding_path(config)}")
 
 
 # --------------------------------------------------------------------------- entry point

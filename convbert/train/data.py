@@ -107,6 +107,73 @@ def pack_documents(tokenizer, documents: Sequence[str], seq_len: int, batch: int
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def pack_whole_documents(tokenizer, documents: Sequence[str], seq_len: int, batch: int = 1000, *,
+                         source: str = "the training text") -> dict[str, torch.Tensor]:
+    """Tokenize documents and pack several whole documents into each block of ``seq_len`` tokens,
+    each as ``[CLS] tokens... [SEP]`` with positions from 0 (``convbert-train pretrain --pack-documents``).
+
+    A document longer than a block is cut into pieces of ``seq_len - 2`` tokens (the last one
+    shorter), each with its own ``[CLS]`` and ``[SEP]``: a piece is a document of its own. The
+    pieces go into blocks by best fit decreasing (longest first, each into the fullest block it
+    fits in), which leaves little of a block unfilled; the blocks are then ordered by their first
+    document, and the documents within a block keep the corpus order.
+
+    Returns int64 ``[N, seq_len]`` tensors: ``input_ids`` (padding after the last document),
+    ``attention_mask`` numbering the documents of a block 1, 2, ... (0 on the unfilled tail; the
+    unpadded model, ``ConvBertConfig(unpad_inputs=True)``, keeps every attention and convolution
+    window inside its document) and ``position_ids`` restarting at 0 with each document (0 on the
+    tail). ``source`` names the text (e.g. its files) in errors.
+    """
+    import bisect
+
+    if seq_len < 8:
+        raise ValueError(f"--seq-len must be at least 8, got {seq_len}")
+    sep, cls, pad = tokenizer.sep_token_id, tokenizer.cls_token_id, tokenizer.pad_token_id
+    body = seq_len - 2
+    pieces: list[list[int]] = []  # [CLS] ... [SEP], in corpus order
+    for start in range(0, len(documents), batch):
+        chunk = list(documents[start:start + batch])
+        enc = tokenizer(chunk, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+        for ids in enc["input_ids"]:
+            pieces.extend([cls, *ids[i:i + body], sep] for i in range(0, len(ids), body))
+    if not pieces:
+        raise DataError(f"{source} produced no tokens")
+    # Best fit decreasing: free[r] holds the blocks with r free positions; caps, the sorted r with any.
+    blocks: list[list[int]] = []
+    free: dict[int, list[int]] = {}
+    caps: list[int] = []
+    for index in sorted(range(len(pieces)), key=lambda i: (-len(pieces[i]), i)):
+        n = len(pieces[index])
+        at = bisect.bisect_left(caps, n)
+        if at == len(caps):
+            block, room = len(blocks), seq_len
+            blocks.append([])
+        else:
+            room = caps[at]
+            block = free[room].pop()
+            if not free[room]:
+                del free[room], caps[at]
+        blocks[block].append(index)
+        room -= n
+        if room not in free:
+            free[room] = []
+            bisect.insort(caps, room)
+        free[room].append(block)
+    blocks = sorted((sorted(b) for b in blocks), key=lambda b: b[0])
+    ids = torch.full((len(blocks), seq_len), pad, dtype=torch.long)
+    mask = torch.zeros((len(blocks), seq_len), dtype=torch.long)
+    positions = torch.zeros((len(blocks), seq_len), dtype=torch.long)
+    for row, block in enumerate(blocks):
+        at = 0
+        for number, index in enumerate(block, start=1):
+            piece = pieces[index]
+            ids[row, at:at + len(piece)] = torch.tensor(piece, dtype=torch.long)
+            mask[row, at:at + len(piece)] = number
+            positions[row, at:at + len(piece)] = torch.arange(len(piece))
+            at += len(piece)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+
+
 # --------------------------------------------------------------------------- labelled data
 
 

@@ -5,6 +5,8 @@ is back-propagated, and the training log's headline) and other scalar tensors wo
 
 - ``make_batch(examples, rng)``: turn a batch of packed token blocks into model inputs (masking is
   drawn from ``rng``, a ``torch.Generator`` seeded per micro-batch, so resumed runs mask alike);
+  blocks of whole documents (``--pack-documents``) carry ``position_ids`` and an ``attention_mask``
+  numbering the documents (1, 2, ...; 0 for padding), which pass through to every model;
 - ``save_pretrained(dir)`` / ``load_pretrained(dir)``: the Hugging Face layout, the whole state;
 - ``tokens_in(batch)``: how many real tokens a batch holds (for tokens/s);
 - ``evaluate_masked_lm(blocks)``: masked-token accuracy and loss of its masked LM on held-out blocks.
@@ -47,9 +49,10 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, *, specia
 
     Of the chosen positions, ``mask_fraction`` become ``[MASK]``, ``random_fraction`` a random
     token, the rest stay unchanged (BERT: 0.8 / 0.1; ELECTRA: 0.85 / 0.0). Special tokens and
-    padding are never chosen. Returns ``(corrupted_ids, labels)`` with labels -100 where not chosen.
+    padding (``attention_mask`` 0; a block of packed documents numbers its documents 1, 2, ...)
+    are never chosen. Returns ``(corrupted_ids, labels)`` with labels -100 where not chosen.
     """
-    maskable = attention_mask.bool()
+    maskable = attention_mask != 0
     for sid in special_ids:
         maskable &= input_ids != sid
     scores = torch.rand(input_ids.shape, generator=rng)
@@ -106,7 +109,15 @@ class _PretrainBase(nn.Module):
 
     @staticmethod
     def tokens_in(batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["attention_mask"].sum())
+        return int((batch["attention_mask"] != 0).sum())
+
+    @staticmethod
+    def _inputs(examples: dict[str, torch.Tensor], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model inputs of a batch: the corrupted ids, the attention mask and any position ids."""
+        inputs = {"input_ids": input_ids, "attention_mask": examples["attention_mask"]}
+        if examples.get("position_ids") is not None:
+            inputs["position_ids"] = examples["position_ids"]
+        return inputs
 
     @property
     def masked_lm(self) -> ConvBertForMaskedLM:
@@ -132,10 +143,13 @@ class _PretrainBase(nn.Module):
             for start in range(0, len(blocks["input_ids"]), batch_size):
                 ids = blocks["input_ids"][start:start + batch_size]
                 mask = blocks["attention_mask"][start:start + batch_size]
+                positions = blocks.get("position_ids")
+                positions = None if positions is None else positions[start:start + batch_size].to(device)
                 masked, labels = mask_tokens(ids, mask, special_ids=self.special_ids, mask_id=self.mask_id,
                                              vocab_size=self.config.vocab_size, rng=rng, rate=self.mask_rate,
                                              mask_fraction=1.0, random_fraction=0.0)
-                logits, targets = _masked_lm_logits(model, masked.to(device), mask.to(device), labels.to(device))
+                logits, targets = _masked_lm_logits(model, masked.to(device), mask.to(device), labels.to(device),
+                                                    positions)
                 loss_sum += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
                 correct += int((logits.argmax(-1) == targets).sum())
                 count += targets.numel()
@@ -148,13 +162,14 @@ class _PretrainBase(nn.Module):
 # --------------------------------------------------------------------------- masked LM
 
 
-def _masked_lm_logits(model: ConvBertForMaskedLM, input_ids, attention_mask, labels):
+def _masked_lm_logits(model: ConvBertForMaskedLM, input_ids, attention_mask, labels, position_ids=None):
     """The MLM head's logits at the masked positions only ([M, V]) and their targets ([M]).
 
     Same loss as ``model(..., labels=labels).loss``, without projecting every position onto the
     vocabulary (85% of that work would be thrown away).
     """
-    hidden = model.convbert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = model.convbert(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids).last_hidden_state
     chosen = labels != -100
     logits = model.generator_lm_head(model.generator_predictions(hidden[chosen]))
     return logits, labels[chosen]
@@ -183,10 +198,10 @@ class MlmPretrainer(_PretrainBase):
         ids, labels = mask_tokens(examples["input_ids"], examples["attention_mask"], special_ids=self.special_ids,
                                   mask_id=self.mask_id, vocab_size=self.config.vocab_size, rng=rng,
                                   rate=self.mask_rate, mask_fraction=0.8, random_fraction=0.1)
-        return {"input_ids": ids, "attention_mask": examples["attention_mask"], "labels": labels}
+        return {**self._inputs(examples, ids), "labels": labels}
 
-    def forward(self, input_ids, attention_mask, labels) -> dict[str, torch.Tensor]:
-        logits, targets = _masked_lm_logits(self.model, input_ids, attention_mask, labels)
+    def forward(self, input_ids, attention_mask, labels, position_ids=None) -> dict[str, torch.Tensor]:
+        logits, targets = _masked_lm_logits(self.model, input_ids, attention_mask, labels, position_ids)
         loss = F.cross_entropy(logits.float(), targets)
         with torch.no_grad():
             acc = (logits.argmax(-1) == targets).float().mean()
@@ -256,11 +271,10 @@ class ElectraPretrainer(_PretrainBase):
                                   mask_id=self.mask_id, vocab_size=self.config.vocab_size, rng=rng,
                                   rate=self.mask_rate, mask_fraction=0.85, random_fraction=0.0)
         seed = int(torch.randint(0, 2**62, (1,), generator=rng))
-        return {"input_ids": ids, "attention_mask": examples["attention_mask"], "labels": labels,
-                "sample_seed": torch.tensor(seed, dtype=torch.long)}
+        return {**self._inputs(examples, ids), "labels": labels, "sample_seed": torch.tensor(seed, dtype=torch.long)}
 
-    def forward(self, input_ids, attention_mask, labels, sample_seed) -> dict[str, torch.Tensor]:
-        gen_logits, targets = _masked_lm_logits(self.generator, input_ids, attention_mask, labels)
+    def forward(self, input_ids, attention_mask, labels, sample_seed, position_ids=None) -> dict[str, torch.Tensor]:
+        gen_logits, targets = _masked_lm_logits(self.generator, input_ids, attention_mask, labels, position_ids)
         gen_loss = F.cross_entropy(gen_logits.float(), targets)
         chosen = labels != -100
         with torch.no_grad():
@@ -273,9 +287,10 @@ class ElectraPretrainer(_PretrainBase):
             disc_input[chosen] = sampled
             original = torch.where(chosen, labels, input_ids)
             replaced = (disc_input != original).float()
-        hidden = self.discriminator(input_ids=disc_input, attention_mask=attention_mask).last_hidden_state
+        hidden = self.discriminator(input_ids=disc_input, attention_mask=attention_mask,
+                                    position_ids=position_ids).last_hidden_state
         disc_logits = self.discriminator_head(hidden).float()
-        weights = attention_mask.float()
+        weights = (attention_mask != 0).float()  # packed documents are numbered 1, 2, ...
         per_token = F.binary_cross_entropy_with_logits(disc_logits, replaced, reduction="none")
         disc_loss = (per_token * weights).sum() / weights.sum().clamp(min=1)
         total = self.gen_weight * gen_loss + self.disc_weight * disc_loss
@@ -355,7 +370,7 @@ class SequenceClassifier(nn.Module):
 
     @staticmethod
     def tokens_in(batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["attention_mask"].sum())
+        return int((batch["attention_mask"] != 0).sum())
 
     def make_batch(self, examples: dict[str, Any], rng: torch.Generator) -> dict[str, torch.Tensor]:
         return examples

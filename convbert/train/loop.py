@@ -587,8 +587,9 @@ def _user_error(errors):
 
 def check_same_config(checkpoint_config: dict, run_config: dict, where: str) -> None:
     a, b = checkpoint_config, run_config
+    # unpad_inputs changes how, not what, the model computes (the padded path gives the same numbers)
     ignore = {"architectures", "conv_backend", "id2label", "label2id", "problem_type", "transformers_version",
-              "torch_dtype", "dtype", "return_dict", "output_hidden_states", "output_attentions"}
+              "torch_dtype", "dtype", "return_dict", "output_hidden_states", "output_attentions", "unpad_inputs"}
     diffs = [f"{k}: checkpoint {a.get(k)!r} vs this run {b.get(k)!r}" for k in sorted((set(a) | set(b)) - ignore)
              if a.get(k) != b.get(k)]
     if diffs:
