@@ -184,6 +184,91 @@ def plot_kernels(rows: list[dict], out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
+def plot_window(rows: list[dict], out_dir: Path, stem: str, window: str = "causal") -> list[Path]:
+    """bench_window's rows: median time against L (log-log, p20-p80 band), one line per provider,
+    for the ``window`` offset; a row of panels per op (dynamic_conv, LightweightConv1d), a column per
+    (K, mode). One PNG per (device, dtype, B, C, n): ``<stem>[-<dims>].png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks import bench_window
+
+    rows = [r for r in bench_window.latest(rows) if r["window"] == window and "median_ms" in r]
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["device"], r["dtype"], r["batch"], r["C"], r["heads"])].append(r)
+    paths = []
+    for (device, dtype, B, C, n), rs in sorted(groups.items()):
+        ops = [op for op in bench_window.OPS if any(r["op"] == op for r in rs)]
+        cols = sorted({(r["K"], r["mode"]) for r in rs}, key=lambda c: (c[0], bench_window.MODES.index(c[1])))
+        fig, axes = plt.subplots(len(ops), len(cols), figsize=(4.2 * len(cols), 3.8 * len(ops)), squeeze=False)
+        for i, op in enumerate(ops):
+            provs = sorted({r["provider"] for r in rs if r["op"] == op}, key=bench_window._rank(op))
+            for j, (K, mode) in enumerate(cols):
+                ax = axes[i][j]
+                for c, p in enumerate(provs):
+                    pts = sorted((r for r in rs if r["op"] == op and r["provider"] == p and r["K"] == K
+                                  and r["mode"] == mode), key=lambda r: r["seq_len"])
+                    if not pts:
+                        continue
+                    x = [r["seq_len"] for r in pts]
+                    style = dict(linestyle="--") if p == bench_window.BASELINE else {}
+                    ax.plot(x, [r["median_ms"] for r in pts], marker="o", label=p, color=f"C{c}", **style)
+                    ax.fill_between(x, [r["p20_ms"] for r in pts], [r["p80_ms"] for r in pts], color=f"C{c}",
+                                    alpha=0.2)
+                xs = sorted({r["seq_len"] for r in rs})
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xticks(xs, [str(x) for x in xs])
+                ax.set_xlabel("sequence length L")
+                ax.set_title(f"{op}, K={K}, {MODE_TITLE.get(mode, mode)}", fontsize=9)
+                ax.grid(True, which="both", alpha=0.3)
+                if j == 0:
+                    ax.set_ylabel("time per call, ms (median, p20-p80)")
+                    ax.legend(fontsize=7)
+        clock = "/".join(sorted({r.get("clock", "?") for r in rs}))
+        threads = "/".join(str(t) for t in sorted({r.get("threads") for r in rs if r.get("threads") is not None}))
+        what = f"{window} window" + (" (padding_l = K - 1)" if window == "causal" else "")
+        fig.suptitle(f"{what}, {device}, torch threads {threads}, clock {clock}; B={B}, C={C}, n={n}, {dtype}",
+                     fontsize=10)
+        fig.tight_layout()
+        suffix = f"-{dtype}-B{B}-C{C}-n{n}" if len(groups) > 1 else ""
+        path = out_dir / f"{stem}{suffix}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_length_histogram(bin_edges: list[int], bin_counts: list[int], path: Path, title: str = "",
+                          notes: list[str] = ()) -> Path:
+    """A histogram of sequence lengths (bench_unpad's corpus): documents per length bin, ``notes`` as
+    lines of text under the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    widths = [hi - lo for lo, hi in zip(bin_edges, bin_edges[1:])]
+    ax.bar(bin_edges[:-1], bin_counts, width=widths, align="edge", edgecolor="white", color="C0")
+    ax.set_xlim(bin_edges[0], bin_edges[-1])
+    ax.set_xticks(bin_edges[::2])
+    ax.set_xlabel("tokens per sequence (with [CLS] and [SEP])")
+    ax.set_ylabel("documents")
+    ax.set_yscale("log")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.set_title("\n".join([title, *notes]), fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _filter(rows, modes=None, batches=None):
     return [r for r in rows if (not modes or r.get("mode") in modes or r.get("bench") != "kernel")
             and (not batches or r.get("batch") in batches)]
@@ -209,6 +294,21 @@ def main(argv=None):
                     print(f"wrote {path}", file=sys.stderr)
         if any(r.get("bench") == "model" for r in rows):
             sections.append(model_table(_filter(rows, None, args.batches)))
+        if any(r.get("bench") == "window" for r in rows):
+            from benchmarks import bench_window
+
+            sections.append(bench_window.window_tables(rows))
+            if not args.no_plot:
+                for path in plot_window(rows, f.parent, f.stem):
+                    sections.append(f"![{path.stem}]({path.relative_to(common.ROOT) if path.is_relative_to(common.ROOT) else path})")
+                    print(f"wrote {path}", file=sys.stderr)
+        if any(r.get("bench") == "unpad" for r in rows):
+            from benchmarks import bench_unpad
+
+            sections.append(bench_unpad.unpad_tables(rows))
+            png = f.with_name(f.stem + "-lengths.png")
+            if png.is_file():
+                sections.append(f"![{png.stem}]({png.relative_to(common.ROOT) if png.is_relative_to(common.ROOT) else png})")
     text = "\n\n".join(sections) + "\n"
     print(text)
     if args.markdown:

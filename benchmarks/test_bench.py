@@ -100,3 +100,92 @@ def test_tables_and_plot(benchmark, device, tmp_path):
     assert "| 1 | 64 | 32/32/2/3 |" in table
     paths = plot.plot_kernels(rows, tmp_path, "kernels-test")
     assert len(paths) == 1 and paths[0].stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_window_quick_preset(benchmark, device, tmp_path):
+    """bench_window --preset quick: both ops and windows, every provider checked against the float64
+    oracle before it is timed, a finite time per mode, the rows in the file, the tables and the PNG."""
+    import math
+
+    from benchmarks import bench_window
+
+    out = tmp_path / "window-test.jsonl"
+    rows = bench_window.main(["--preset", "quick", "--device", str(device), "--out", str(out),
+                              "--repeats", "2", "--target-s", "0"])
+    expected = {(op, p) for op, names in bench_window.providers(device).items() for p in names}
+    assert {(r["op"], r["provider"]) for r in rows} == expected
+    assert {"fairseq-unfold", "conv1d", "conv1d-BCL"} <= {p for _, p in expected}
+    assert {(r["window"], r["mode"]) for r in rows} == {
+        (w, m) for w in bench_window.WINDOWS for m in bench_window.MODES}
+    for r in rows:
+        assert "error" not in r and "skipped" not in r, r
+        assert math.isfinite(r["median_ms"]) and r["median_ms"] > 0, r
+        assert r["fwd_err"] <= r["fwd_tol"] and r["grad_err"] <= r["grad_tol"], r
+        assert r["padding_l"] == (r["K"] - 1 if r["window"] == "causal" else (r["K"] - 1) // 2)
+        assert r["commit"] and r["torch"] and r["device"] and r["peak_bytes"] > 0
+    assert len(common.read_rows([out])) == len(rows)
+    tables = benchmark(bench_window.window_tables, rows)
+    assert "| causal (6) | 7 | 64 |" in tables and "LightweightConv1d, forward + backward" in tables
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_window_checks_and_skips(device, monkeypatch):
+    """A provider that disagrees with the oracle stops the run; over-budget unfold cases are
+    recorded as skipped with the reason, not dropped."""
+    from benchmarks import bench_window
+
+    small = ["--device", str(device), "--batch", "2", "--channels", "32", "--heads", "4", "--kernel-sizes", "3",
+             "--dtype", "fp32", "--repeats", "1", "--target-s", "0", "--no-save", "--modes", "full"]
+    rows = bench_window.main(small + ["--seq-lens", "16,64", "--ops", "dynamic_conv", "--windows", "causal",
+                                      "--providers", "fairseq-unfold,reference,eager",
+                                      "--max-unfold-bytes", str(2 * 16 * 32 * 3 * 4)])
+    by = {(r["provider"], r["seq_len"]): r for r in rows}
+    assert "median_ms" in by["fairseq-unfold", 16] and "median_ms" in by["eager", 64]
+    assert "windows" in by["fairseq-unfold", 64]["skipped"] and "skipped" in by["reference", 64]
+    fused = [p for p in bench_window.providers(device)["LightweightConv1d"] if p in bench_window.FUSED_PROVIDERS]
+    rows = bench_window.main(small + ["--seq-lens", "16,32", "--ops", "LightweightConv1d", "--windows", "centred",
+                                      "--providers", ",".join(["fairseq-unfold", "conv1d", *fused]),
+                                      "--max-call-s", "0", "--max-oracle-bytes", "1"])  # the FFT weight gradient
+    by = {(r["provider"], r["seq_len"]): r for r in rows}
+    assert "median_ms" in by["conv1d", 16] and "FFT" in by["conv1d", 16]["oracle"]
+    assert "over the 0.0 s budget" in by["fairseq-unfold", 32]["skipped"] and "skipped" in by["conv1d", 32]
+    assert all("median_ms" in by[p, 32] for p in fused)
+    assert "skipped" in bench_window.window_tables(rows)
+
+    wrong = bench_window.fairseq_unfold_dynamic
+    monkeypatch.setattr(bench_window, "fairseq_unfold_dynamic", lambda v, lg, n, pl: wrong(v, lg, n, pl) * 1.001)
+    with pytest.raises(bench_window.AccuracyError, match="fairseq-unfold"):
+        bench_window.main(small + ["--seq-lens", "16", "--ops", "dynamic_conv", "--providers", "fairseq-unfold"])
+
+
+@pytest.mark.slow
+def test_unpad_quick_preset(tmp_path):
+    """bench_unpad --preset quick: padded and unpadded ConvBERT (tiny) on the stdlib corpus' lengths, both
+    modes, checked against each other before timing; finite figures, the rows in the file, the tables and
+    the length histogram."""
+    import math
+
+    from benchmarks import bench_unpad
+
+    out = tmp_path / "unpad-test.jsonl"
+    rows = bench_unpad.main(["--preset", "quick", "--backend", "eager", "--out", str(out)])
+    model = [r for r in rows if r["bench"] == "unpad"]
+    assert {(r["mode"], r["provider"]) for r in model} == {(m, p) for m in bench_unpad.MODES
+                                                           for p in bench_unpad.PROVIDERS}
+    for r in model:
+        assert "error" not in r, r
+        assert math.isfinite(r["real_tokens_per_s"]) and r["real_tokens_per_s"] > 0, r
+        assert r["peak_bytes"] > 0 and 0 < r["real_tokens"] < r["padded_tokens"], r
+        assert r["max_rel_diff"] <= r["tol"], r  # the two models agreed at the real tokens
+        assert r["batch"] == 32 and r["max_len"] == 512 and r["commit"] and r["threads"] >= 1
+    attention = [r for r in rows if r["bench"] == "unpad-attention"]
+    assert {(r["mode"], r["impl"]) for r in attention} == {(m, i) for m in ("forward", "forward+backward")
+                                                           for i in ("per-sequence", "rectangle")}
+    assert all(math.isfinite(r["time_s"]) and r["time_s"] > 0 for r in attention)
+    (lengths,) = [r for r in rows if r["bench"] == "unpad-lengths"]
+    assert sum(lengths["bin_counts"]) == lengths["documents"] > 1000 and lengths["max"] <= 512
+    assert len(common.read_rows([out])) == len(rows)
+    tables = bench_unpad.unpad_tables(rows)
+    assert "| ConvBERT-tiny | inference |" in tables and "per-sequence" in tables
+    assert out.with_name("unpad-test-lengths.png").stat().st_size > 0
