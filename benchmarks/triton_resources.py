@@ -61,6 +61,7 @@ class Case:
     tf32: bool = False  # fp32 with torch's TF32 switch on
     causal: bool = False  # padding_l = K - 1 (decoders) rather than the centred window
     packed: bool = False  # per-token sequence bounds (packed sequences, cu_seqlens)
+    span: bool = True  # span_dynamic_conv's launchers too, not only dynamic_conv's
 
     @property
     def padding_l(self) -> int:
@@ -80,10 +81,12 @@ def cases() -> list[Case]:
             for save in (True, False):
                 out.append(Case("bench base", 32, 512, 384, 384, 6, 9, dtype, mask=mask, save_probs=save))
     out.append(Case("bench base L=4096", 8, 4096, 384, 384, 6, 9, torch.bfloat16))
-    # the window benchmark's causal op (a constexpr of its own), K = 7 and 31, d = 64
+    # the window benchmark's causal dynamic_conv (P a constexpr of its own): K = 7 and 31, d = 64;
+    # and the causal span op at base dims
     for dtype in dtypes:
         for taps in (7, 31):
-            out.append(Case("causal window", 8, 1024, 512, 512, 8, taps, dtype, causal=True))
+            out.append(Case("causal window", 8, 1024, 512, 512, 8, taps, dtype, causal=True, span=False))
+        out.append(Case("causal base", 8, 512, 384, 384, 6, 9, dtype, causal=True))
         # packed sequences (the unpadded model at base dims): the kernels with sequence bounds
         out.append(Case("packed base", 1, 4096, 384, 384, 6, 9, dtype, packed=True))
     out.append(Case("bench base, TF32", 32, 512, 384, 384, 6, 9, torch.float32, tf32=True))
@@ -215,12 +218,14 @@ def _run_launchers(k, case: Case) -> None:
     """Every launcher the backend's ops call for this case: span and dynamic, forward and backward."""
     q, kc, v, w, b, mask = _inputs(case)
     bounds = _bounds(case)
-    out, probs = k.span_forward(q, kc, v, w, b, case.heads, case.padding_l, mask, bounds, save_probs=case.save_probs)
+    if case.span:
+        k.span_forward(q, kc, v, w, b, case.heads, case.padding_l, mask, bounds, save_probs=case.save_probs)
     logits = torch.zeros(case.batch, case.length, case.heads * case.taps, dtype=case.dtype)
-    k.dynamic_forward(v, logits, case.heads, case.padding_l, mask, bounds, save_probs=case.save_probs)
+    out, probs = k.dynamic_forward(v, logits, case.heads, case.padding_l, mask, bounds, save_probs=case.save_probs)
     if case.save_probs:  # the backward exists only where the forward saved probabilities
         probs = torch.rand(case.batch, case.length, case.heads, case.taps, dtype=probs.dtype)
-        k.span_backward(out, q, kc, v, w, probs, case.heads, case.padding_l, mask, bounds)
+        if case.span:
+            k.span_backward(out, q, kc, v, w, probs, case.heads, case.padding_l, mask, bounds)
         k.window_backward(out, v, probs, case.heads, case.padding_l, mask, bounds, case.dtype)
 
 
