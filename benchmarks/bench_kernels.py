@@ -142,7 +142,9 @@ def providers(device: torch.device, include_interpreted: bool = False, wanted=No
             continue
         if name in COMPILED_PROVIDERS:
             backend = COMPILED_PROVIDERS[name]
-            found[name] = lambda q, k, v, w, b, n, _backend=backend: _compiled(_backend)(q, k, v, w, b, n)
+            # the backends' own functions take the window offset explicitly: the centred one here
+            found[name] = lambda q, k, v, w, b, n, _backend=backend: _compiled(_backend)(
+                q, k, v, w, b, n, (w.shape[0] // n - 1) // 2)
         elif name in available:
             if name == "triton" and device.type == "cpu" and not include_interpreted:
                 continue
