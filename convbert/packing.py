@@ -43,13 +43,10 @@ class PackedBatch:
     spaced_index: torch.Tensor
     spaced_length: int
 
-    @property
-    def max_seqlen(self) -> int:
-        return max(self.lengths, default=0)
-
     @classmethod
     def from_attention_mask(cls, attention_mask: torch.Tensor, conv_kernel_size: int) -> "PackedBatch":
-        """Pack the tokens where ``attention_mask`` ``[B, L]`` is non-zero (one host synchronisation).
+        """Pack the tokens where ``attention_mask`` ``[B, L]`` is non-zero. Host synchronisations: the
+        mask checks, the number of sequences and tokens, and the lengths (once per model call).
 
         A 0/1 mask holds one sequence per row. Document-packed rows (``convbert-train pretrain
         --pack-documents``) number their documents instead, ``1 1 1 2 2 3 0 0``: each run of one
@@ -78,17 +75,17 @@ class PackedBatch:
         if any(flags[batch:]):
             raise ValueError("document numbers in attention_mask must be positive and non-decreasing along a row "
                              "(1 1 2 2 3 0 0)")
-        start_rows = starts.flatten().nonzero().squeeze(1)  # the second synchronisation: their number
+        start_rows = starts.flatten().nonzero().squeeze(1)
         indices = real.flatten().nonzero().squeeze(1)
         total = indices.numel()
         # each sequence start's rank among the real tokens: cu_seqlens
         rank = torch.cumsum(real.flatten(), 0) - 1
         cu_seqlens = torch.cat([rank[start_rows], rank.new_tensor([total])]).to(torch.int32)
-        lengths = tuple((cu_seqlens[1:] - cu_seqlens[:-1]).tolist())
+        seq_lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        lengths = tuple(seq_lengths.tolist())
         # sequence i's tokens move down by i * gap rows: gap zero rows between neighbours
         gap = conv_kernel_size // 2
-        counts_per_sequence = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-        seq_ids = torch.repeat_interleave(torch.arange(len(lengths), device=ids.device), counts_per_sequence,
+        seq_ids = torch.repeat_interleave(torch.arange(len(lengths), device=ids.device), seq_lengths,
                                           output_size=total)
         spaced_index = torch.arange(total, device=ids.device) + gap * seq_ids
         return cls(indices, cu_seqlens, lengths, batch, length, spaced_index, total + gap * max(len(lengths) - 1, 0))
