@@ -86,6 +86,14 @@ def read_jsonl(path) -> list[dict]:
     return rows
 
 
+def _read_text(path) -> str:
+    """A log's text, or "" when there is none (an older run, or a stage that did not start)."""
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def read_tsv(path) -> list[list[str]]:
     path = Path(path)
     if not path.exists():
@@ -294,12 +302,40 @@ def parse_junit(path) -> dict | None:
     return counts
 
 
+_FATAL = re.compile(r"Fatal Python error: ([^\n]+)")
+_TEST_FRAME = re.compile(r'File "(?:[^"]*/)?(tests/[^"]+\.py)", line (\d+) in (test_\w+)')
+_XDIST_CRASH = re.compile(r"worker '?(gw\d+)'? crashed while running '?([^'\s]+)'?")
+
+
+def worker_crashes(text: str) -> list[tuple[str, str]]:
+    """(test, what) for each process a pytest run lost to a fatal signal: pytest-xdist replaces a
+    worker killed by, say, a segmentation fault and goes on, and the test it was running is in no
+    junit report. The test is the innermost test frame of the faulthandler traceback that follows
+    "Fatal Python error", as the node id xdist gives it ("crashed while running", printed when the
+    run ends) where there is one for that function."""
+    named = [m.group(2) for m in _XDIST_CRASH.finditer(text)]
+    crashes = []
+    fatals = list(_FATAL.finditer(text))
+    for i, fatal in enumerate(fatals):
+        end = fatals[i + 1].start() if i + 1 < len(fatals) else len(text)
+        frame = _TEST_FRAME.search(text, fatal.end(), end)
+        test = "unknown test"
+        if frame:
+            path, line, function = frame.groups()
+            test = next((n for n in named if n.split("[")[0] == f"{path}::{function}"), f"{path}::{function} (line {line})")
+            if test in named:
+                named.remove(test)
+        crashes.append((test, fatal.group(1).strip()))
+    return crashes + [(test, "worker crashed") for test in named]
+
+
 def tests_section(work: Path, dry_run: bool):
     runs = read_tsv(work / "tests" / "runs.tsv")
     if not runs:
         return "FAILED", "pytest did not run", "(no pytest run recorded)"
     table, failures, problems = [], [], []
-    totals = dict(passed=0, failed=0, errors=0, skipped=0)  # of the suite run(s), not the repeats alone
+    # of the suite run(s), not the compile tests alone; "crashed": workers lost to a fatal signal
+    totals = dict(passed=0, failed=0, errors=0, skipped=0, crashed=0)
     compile_runs = compile_ok = compile_bad = 0
     for label, xml, rc, seconds in (r + [""] * (4 - len(r)) for r in runs):
         counts = parse_junit(xml)
@@ -310,6 +346,10 @@ def tests_section(work: Path, dry_run: bool):
                 problems.append("collecting the torch.compile tests failed")
             continue
         if counts is None:
+            if not is_compile:
+                crashes = worker_crashes(_read_text(work / "tests" / f"{label}.out"))
+                failures += [(label, test, "crashed", what) for test, what in crashes]
+                totals["crashed"] += len(crashes)
             why = ("not run: no time left" if rc == "notime" else
                    f"no junit report (exit {rc}{', timed out' if rc in ('124', '137') else ''})")
             problems.append(f"{label}: {why}")
@@ -318,12 +358,16 @@ def tests_section(work: Path, dry_run: bool):
                 compile_runs += 1
             continue
         failures += [(label,) + f for f in counts["failures"]]
+        if not is_compile:
+            crashes = worker_crashes(_read_text(work / "tests" / f"{label}.out"))
+            failures += [(label, test, "crashed", what) for test, what in crashes]
+            totals["crashed"] += len(crashes)
         if is_compile:
             compile_runs += 1
             compile_ok += int(rc == "0")
             compile_bad += counts["failed"] + counts["errors"]
         else:
-            for key in totals:
+            for key in ("passed", "failed", "errors", "skipped"):
                 totals[key] += counts[key]
         if rc not in ("0",) and not counts["failures"]:
             problems.append(f"{label}: exit {rc}")
@@ -339,9 +383,10 @@ def tests_section(work: Path, dry_run: bool):
     if dry_run:
         body += ("\n\nDry run: only a subset on CPU (Triton through the interpreter); "
                  "the whole suite runs on the GPU machine and in CI.")
-    bad = totals["failed"] + totals["errors"] + compile_bad
+    bad = totals["failed"] + totals["errors"] + totals["crashed"] + compile_bad
     status = "FAILED" if bad or problems else "PASSED"
-    note = (f"{totals['passed']} passed, {totals['failed']} failed, {totals['errors']} errors, "
+    crashed = f", {totals['crashed']} crashed" if totals["crashed"] else ""
+    note = (f"{totals['passed']} passed, {totals['failed']} failed, {totals['errors']} errors{crashed}, "
             f"{totals['skipped']} skipped; compile tests alone: {compile_ok}/{compile_runs} ok")
     return status, note, body
 

@@ -26,7 +26,7 @@
 #   2. CONVBERT_COMMIT=<sha> bash scripts/gpu_check.sh --stages sanitize,bench-kernels,ncu  "$OUT"
 #   3. CONVBERT_COMMIT=<sha> bash scripts/gpu_check.sh --stages bench-model                 "$OUT"
 # Measured on an H200 (2026-11-26, 16 cores): machine start ~30 s, build 42 s (setup 57), GPU tests
-# 59 s with 8 pytest workers, the rest of the suite over 140 s, sanitize 62, bench-kernels 75,
+# 59-75 s with 8 pytest workers, the rest of the suite over 184 s, sanitize 62, bench-kernels 75,
 # ncu 28, bench-model 137 with the compiled providers left out for time. The three commands fit
 # one 15-minute lease only just: should time run short, command 3 goes first in the next one.
 # Every stage stops in time: a stage gets at most GPU_CHECK_STAGE_S (450 s) and the command
@@ -271,8 +271,8 @@ stage_tests() {
         log "pytest $* ${extra[*]} ${more[*]}"
         t0=$(date +%s)
         timeout -k 10 "$(limit $((suite_end - $(date +%s))))" "$PY" -m pytest -q -p no:cacheprovider "${extra[@]}" \
-            "${more[@]}" "$@" --junitxml="$WORK/tests/$label.xml" 2>&1
-        rc=$?
+            "${more[@]}" "$@" --junitxml="$WORK/tests/$label.xml" 2>&1 | tee "$WORK/tests/$label.out"
+        rc=${PIPESTATUS[0]}  # pytest's; the copy is read for workers lost to a crash (no junit entry)
         printf '%s\t%s\t%s\t%s\n' "$label" "$WORK/tests/$label.xml" "$rc" "$(($(date +%s) - t0))" >>"$WORK/tests/runs.tsv"
     }
     if [ "$dry_run" = 1 ]; then

@@ -167,6 +167,61 @@ def test_summary_marks_stages_not_run_and_dry_run_skips(tmp_path):
 # ---- parsers ------------------------------------------------------------------------------------
 
 
+_CRASH_LOG = """\
+..s.sFatal Python error: Segmentation fault
+
+Thread 0x00007f1a3d7d96c0 (most recent call first):
+  <no Python frame>
+
+Current thread 0x00007f1d826c3140 (most recent call first):
+  File "/opt/torch/.venv/lib/python3.12/site-packages/torch/_ops.py", line 872 in redispatch
+  File "/work/main/tests/test_backends.py", line 537 in test_fakes_refuse_what_the_ops_refuse
+  File "/opt/torch/.venv/lib/python3.12/site-packages/_pytest/python.py", line 167 in pytest_pyfunc_call
+
+Extension modules: numpy._core._multiarray_umath, torch._C (total: 2)
+.[gw4] node down: Not properly terminated
+F....Fatal Python error: Aborted
+
+Current thread 0x00007f1d826c3141 (most recent call first):
+  File "/work/main/tests/test_native.py", line 244 in test_bad_padding_l_is_refused_by_the_raw_ops
+[gw6] node down: Not properly terminated
+F....
+FAILED tests/test_backends.py::test_fakes_refuse_what_the_ops_refuse[3-native]
+worker 'gw4' crashed while running 'tests/test_backends.py::test_fakes_refuse_what_the_ops_refuse[3-native]'
+worker 'gw7' crashed while running 'tests/test_other.py::test_elsewhere'
+"""
+
+
+def test_worker_crashes_name_each_lost_test():
+    """A segfaulting xdist worker leaves no junit entry: the summary finds it in the run's output."""
+    assert gpu_summary.worker_crashes(_CRASH_LOG) == [
+        ("tests/test_backends.py::test_fakes_refuse_what_the_ops_refuse[3-native]", "Segmentation fault"),
+        ("tests/test_native.py::test_bad_padding_l_is_refused_by_the_raw_ops (line 244)", "Aborted"),
+        ("tests/test_other.py::test_elsewhere", "worker crashed"),
+    ]
+    assert gpu_summary.worker_crashes("....F.. 3 passed\n") == []
+
+
+def test_summary_counts_crashed_workers_as_failures(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "tests").mkdir(parents=True)
+    out.mkdir()
+    (work / "stages.tsv").write_text("tests\t0\t60\t\n")
+    _write_junit(work / "tests" / "gpu-tests.xml", passed=4, failed=[], skipped=0)
+    (work / "tests" / "gpu-tests.out").write_text(_CRASH_LOG)
+    # the second run was killed by its time limit: no junit report, but its crash still counts
+    (work / "tests" / "other-tests.out").write_text(_CRASH_LOG.split("F....Fatal")[0])
+    (work / "tests" / "runs.tsv").write_text(f"gpu-tests\t{work}/tests/gpu-tests.xml\t0\t50\n"
+                                             f"other-tests\t{work}/tests/other-tests.xml\t124\t10\n")
+    rc, text = gpu_summary.assemble(work, out, ["tests"], dry_run=False, info={})
+    assert rc == 1
+    assert "| tests | **FAILED** | 60 | 4 passed, 0 failed, 0 errors, 4 crashed, 0 skipped;" in text
+    assert ("| gpu-tests | tests/test_backends.py::test_fakes_refuse_what_the_ops_refuse[3-native] | crashed | "
+            "Segmentation fault |") in text
+    assert ("| other-tests | tests/test_backends.py::test_fakes_refuse_what_the_ops_refuse (line 537) | crashed | "
+            "Segmentation fault |") in text
+
+
 def test_parse_ncu_csv_long_format():
     launches = gpu_summary.parse_ncu_csv(NCU_LONG)
     assert [e["kernel"] for e in launches] == ["_fwd_kernel", "window_forward_kernel"]
