@@ -341,6 +341,101 @@ class ConvBertPreTrainedModel(PreTrainedMixin, nn.Module):
     def tie_weights(self) -> None:
         """Share the output projection with the word embeddings where the model has one."""
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The word embeddings (``embeddings.word_embeddings`` of the ConvBERT backbone)."""
+        backbone = getattr(self, self.base_model_prefix, None)
+        if isinstance(backbone, ConvBertPreTrainedModel) and backbone is not self:
+            return backbone.get_input_embeddings()
+        raise NotImplementedError(f"{type(self).__name__} has no word embeddings")
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        """Replace the word embeddings of the ConvBERT backbone."""
+        backbone = getattr(self, self.base_model_prefix, None)
+        if isinstance(backbone, ConvBertPreTrainedModel) and backbone is not self:
+            return backbone.set_input_embeddings(value)
+        raise NotImplementedError(f"{type(self).__name__} has no word embeddings")
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        """The output projection onto the vocabulary, ``None`` for a model without one."""
+        return None
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Resize the word embeddings (and the masked-LM output layer) to ``new_num_tokens`` ids.
+
+        Call it after adding tokens to the tokenizer: ``model.resize_token_embeddings(len(tokenizer))``. The rows of
+        the existing ids are kept; growing adds rows at the end, shrinking removes the last ones. Then
+        ``config.vocab_size`` is the new size, and the output layer of :class:`ConvBertForMaskedLM`, tied to the
+        embeddings, stays tied (its bias gets 0 for the new ids, as in ``transformers``).
+
+        New rows are initialised as in ``transformers`` 5: with ``mean_resizing`` (the default) from a normal
+        distribution with the old rows' mean and a ``1e-9``-scaled covariance (so, very nearly their mean: a new
+        token starts as an "average" token and changes the model's outputs little); with
+        ``mean_resizing=False`` like ``_init_weights``: normal with mean 0 and std ``config.initializer_range``.
+        An output layer not tied to the embeddings gets new rows the same way, and new bias entries equal to the
+        old bias' mean (``mean_resizing``) or 0.
+
+        Args:
+            new_num_tokens: the new number of ids; ``None`` keeps the current one (only ``pad_to_multiple_of``
+                applies then, if given).
+            pad_to_multiple_of: round the number of ids up to a multiple of this (e.g. 64 for tensor cores).
+            mean_resizing: initialise new rows around the old rows' mean (see above).
+
+        Returns:
+            The word embedding module (the same module, holding a new weight ``Parameter``: rebuild optimizers).
+        """
+        for name, value in (("new_num_tokens", new_num_tokens), ("pad_to_multiple_of", pad_to_multiple_of)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        embeddings = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return embeddings
+        size = embeddings.num_embeddings if new_num_tokens is None else new_num_tokens
+        if pad_to_multiple_of is not None:
+            size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+        old_size = embeddings.num_embeddings
+
+        output = self.get_output_embeddings()
+        tied = output is not None and output.weight is embeddings.weight
+        embeddings.weight = nn.Parameter(self._resized_rows(embeddings.weight, size, mean_resizing),
+                                         requires_grad=embeddings.weight.requires_grad)
+        embeddings.num_embeddings = size
+        if embeddings.padding_idx is not None and embeddings.padding_idx >= size:
+            embeddings.padding_idx = None
+        if output is not None:
+            if not tied:
+                output.weight = nn.Parameter(self._resized_rows(output.weight, size, mean_resizing),
+                                             requires_grad=output.weight.requires_grad)
+            if output.bias is not None:
+                bias = output.bias.detach()
+                grown = torch.zeros(max(size - old_size, 0), dtype=bias.dtype, device=bias.device)
+                if mean_resizing and not tied and grown.numel():
+                    grown += bias.float().mean().to(bias.dtype)
+                output.bias = nn.Parameter(torch.cat([bias[:size], grown]), requires_grad=output.bias.requires_grad)
+            output.out_features = size
+        self.config.vocab_size = size
+        self.tie_weights()
+        return embeddings
+
+    def _resized_rows(self, weight: torch.Tensor, size: int, mean_resizing: bool) -> torch.Tensor:
+        """``weight`` [V, E] cut or grown to [size, E]; see :meth:`resize_token_embeddings` for the new rows."""
+        old = weight.detach()
+        added = size - old.shape[0]
+        if added <= 0:
+            return old[:size].clone()
+        if mean_resizing:
+            rows = old.float()
+            mean = rows.mean(0)
+            centred = rows - mean
+            covariance = 1e-9 * (centred.T @ centred) / rows.shape[0]
+            factor, info = torch.linalg.cholesky_ex(covariance)
+            new = mean.expand(added, -1).clone()
+            if info.item() == 0:  # positive definite: sample around the mean, else use the mean alone
+                new += torch.randn(added, rows.shape[1], device=rows.device) @ factor.T
+        else:
+            new = torch.empty(added, old.shape[1], device=old.device).normal_(0.0, self.config.initializer_range)
+        return torch.cat([old, new.to(old.dtype)])
+
     def _encoders(self):
         return [m for m in self.modules() if isinstance(m, ConvBertEncoder)]
 
@@ -518,7 +613,12 @@ class ConvBertForMaskedLM(ConvBertPreTrainedModel):
             self.generator_lm_head.weight = self.convbert.embeddings.word_embeddings.weight
 
     def get_output_embeddings(self) -> nn.Linear:
+        """The output projection onto the vocabulary (its weight is the word embeddings when tied)."""
         return self.generator_lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        """Replace the output projection onto the vocabulary."""
+        self.generator_lm_head = value
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):

@@ -20,9 +20,17 @@ import re
 import unicodedata
 from typing import Iterable
 
+from tokenizers import AddedToken
 from tokenizers.models import WordPiece
 
-from .tokenization_base import ConvBertTokenizerBase, VocabularyError, load_vocab, read_vocab_lines, vocab_from_lines
+from .tokenization_base import (
+    ConvBertTokenizerBase,
+    VocabularyError,
+    as_added_token,
+    load_vocab,
+    read_vocab_lines,
+    vocab_from_lines,
+)
 
 __all__ = ["ConvBertTokenizer", "BasicTokenizer", "WordpieceTokenizer", "load_vocab", "VocabularyError"]
 
@@ -180,14 +188,15 @@ class ConvBertTokenizer(ConvBertTokenizerBase):
         super().__init__(unk_token=unk_token, sep_token=sep_token, pad_token=pad_token, cls_token=cls_token,
                          mask_token=mask_token, **kwargs)
         self.wordpiece_tokenizer = WordpieceTokenizer(self.vocab, unk_token=self.unk_token)
-        # Special tokens missing from the vocabulary get the next free ids (as in the reference).
-        self._added_tokens: dict[str, int] = {}
-        for tok in self.all_special_tokens:
-            if tok not in self.vocab:
-                self._added_tokens[tok] = len(self.vocab) + len(self._added_tokens)
-        self._added_ids = {i: t for t, i in self._added_tokens.items()}
-        specials = sorted(self.all_special_tokens, key=len, reverse=True)
-        self._special_re = re.compile("(" + "|".join(re.escape(t) for t in specials) + ")")
+        # Added tokens ({id: AddedToken}, {content: id}): those of a saved tokenizer keep their ids; the special
+        # tokens are added too, those missing from the vocabulary with the next free ids (as in the reference).
+        self._added_tokens_decoder: dict[int, AddedToken] = {}
+        self._added_tokens_encoder: dict[str, int] = {}
+        for index, token in sorted(self._saved_added_tokens.items()):
+            self._register_added_token(index, token)
+        self._refresh_added_tokens_pattern()
+        missing = [t for t in self.all_special_tokens if t not in self._added_tokens_encoder]
+        self._add_tokens(missing, special_tokens=True)
 
     @property
     def vocab_size(self) -> int:
@@ -195,33 +204,101 @@ class ConvBertTokenizer(ConvBertTokenizerBase):
         return len(self.vocab)
 
     def get_vocab(self) -> dict[str, int]:
-        """``{token: id}`` for the vocabulary and any special token added to it."""
-        return dict(self.vocab, **self._added_tokens)
+        """``{token: id}`` for the vocabulary and the added tokens."""
+        return dict(self.vocab, **self._added_tokens_encoder)
+
+    @property
+    def added_tokens_decoder(self) -> dict[int, AddedToken]:
+        """``{id: AddedToken}`` for every added token (the special tokens included), sorted by id."""
+        return dict(sorted(self._added_tokens_decoder.items()))
+
+    def _register_added_token(self, index: int, token: AddedToken) -> None:
+        self._added_tokens_decoder[index] = token
+        self._added_tokens_encoder[token.content] = index
+
+    def _refresh_added_tokens_pattern(self) -> None:
+        """The regular expression that finds added tokens in a text: longest first, so that the leftmost match is
+        also the longest one starting there (the behaviour of the reference's trie)."""
+        contents = sorted((t for t in self._added_tokens_encoder if t), key=len, reverse=True)
+        body = "|".join(re.escape(t) for t in contents) or "(?!)"
+        self._added_tokens_re = re.compile(f"({body})")
+
+    def _add_tokens(self, new_tokens: list[str | AddedToken], special_tokens: bool) -> int:
+        """Register added tokens the way ``transformers``' Python tokenizers do (see :meth:`add_tokens`)."""
+        vocab = self.get_vocab()
+        added = 0
+        for token in new_tokens:
+            if str(token) == "":
+                continue
+            if isinstance(token, str):
+                if token in self._added_tokens_encoder:
+                    continue
+                token = as_added_token(token, special=special_tokens or token in self.all_special_tokens)
+            elif special_tokens:
+                token = as_added_token(token, special=True)
+            else:
+                token = as_added_token(token)  # a copy: the caller's object is not changed
+            if not token.special and token.normalized and self.do_lower_case:
+                token.content = token.content.lower()
+            index = vocab.get(token.content)
+            if index is None:
+                index = len(vocab)
+                self._check_new_id(token.content, index, self.ids_to_tokens.get(index))
+                vocab[token.content] = index
+                added += 1
+            if token.special and token.content not in self.all_special_tokens:
+                self._additional_special_tokens.append(token.content)
+            self._register_added_token(index, token)
+        self._refresh_added_tokens_pattern()
+        return added
 
     def _convert_token_to_id(self, token: str) -> int:
-        if token in self._added_tokens:
-            return self._added_tokens[token]
-        idx = self.vocab.get(token)
-        if idx is None:
-            idx = self.vocab.get(self.unk_token, self._added_tokens.get(self.unk_token))
-        return idx
+        index = self._added_tokens_encoder.get(token)
+        if index is None:
+            index = self.vocab.get(token)
+        if index is None:
+            index = self._added_tokens_encoder.get(self.unk_token, self.vocab.get(self.unk_token))
+        return index
 
     def _convert_id_to_token(self, index: int) -> str:
-        if index in self._added_ids:
-            return self._added_ids[index]
+        token = self._added_tokens_decoder.get(index)
+        if token is not None:
+            return token.content
         return self.ids_to_tokens.get(index, self.unk_token)
 
     def tokenize(self, text: str, **kwargs) -> list[str]:
-        """Split ``text`` into WordPiece tokens; special tokens written in the text ("[MASK]") are kept whole.
+        """Split ``text`` into WordPiece tokens; added and special tokens written in the text ("[MASK]") are kept
+        whole, matched in the raw text (longest first), with their ``lstrip`` / ``rstrip`` / ``single_word`` rules.
 
         Example: ``tokenize("Unaffable!")`` -> ``["una", "##ffa", "##ble", "!"]`` (depends on the vocabulary).
         """
         if not isinstance(text, str):
             raise TypeError(f"tokenize() expects a string, got {type(text).__name__}")
-        specials = set(self.all_special_tokens)
+        pieces = [p for p in self._added_tokens_re.split(text) if p]
+        added = self._added_tokens_encoder
+        for i, piece in enumerate(pieces):
+            token = self._added_tokens_decoder[added[piece]] if piece in added else None
+            if token is None:
+                continue
+            left = pieces[i - 1] if i > 0 else None
+            right = pieces[i + 1] if i + 1 < len(pieces) else None
+            if token.rstrip and right:
+                pieces[i + 1] = right.lstrip()
+            if token.lstrip and left:
+                pieces[i - 1] = left.rstrip()
+            if token.single_word:  # glued to a word: not a token of its own
+                if left and left[-1] != " ":
+                    pieces[i - 1] += piece
+                    pieces[i] = ""
+                elif right and right[0] != " ":
+                    pieces[i + 1] = piece + pieces[i + 1]
+                    pieces[i] = ""
         out: list[str] = []
-        for chunk in filter(None, self._special_re.split(text)):
-            out.extend([chunk] if chunk in specials else self._tokenize(chunk))
+        for piece in pieces:
+            if piece in added:
+                out.append(piece)
+            elif piece:
+                out.extend(self._tokenize(piece))
         return out
 
     def _tokenize(self, text: str) -> list[str]:
@@ -240,39 +317,71 @@ class ConvBertTokenizer(ConvBertTokenizerBase):
         """Join tokens into text, gluing ``##`` continuation pieces to the previous token."""
         return " ".join(tokens).replace(" ##", "").strip()
 
-    def _truncate(self, ids, pair_ids, num_to_remove, strategy):
-        """Drop ``num_to_remove`` ids the way ``transformers``' Python tokenizers do."""
+    def _truncate(self, ids, pair_ids, num_to_remove, strategy, stride=0):
+        """Drop ``num_to_remove`` ids the way ``transformers``' Python tokenizers do.
+
+        Returns ``(ids, pair_ids, overflowing)``: ``overflowing`` holds the removed ids of the truncated sequence
+        preceded by up to ``stride`` of its kept ids (nothing for a pair with ``"longest_first"``).
+        """
         right = self.truncation_side == "right"
 
         def drop(seq, n):
             return (seq[:-n] if right else seq[n:]) if n > 0 else seq
 
+        def overflow(seq):
+            window = min(len(seq), stride + num_to_remove)
+            return seq[-window:] if right else seq[:window]
+
         if strategy == "only_first" or (strategy == "longest_first" and pair_ids is None):
-            return drop(ids, num_to_remove), pair_ids
+            return drop(ids, num_to_remove), pair_ids, overflow(ids)
         if strategy == "longest_first":
             # One at a time from the longer sequence, from the second one on a tie.
             first = min(abs(len(pair_ids) - len(ids)), num_to_remove)
             second = num_to_remove - first
             if len(ids) > len(pair_ids):
-                return drop(ids, first + second // 2), drop(pair_ids, second - second // 2)
-            return drop(ids, second // 2), drop(pair_ids, first + second - second // 2)
+                return drop(ids, first + second // 2), drop(pair_ids, second - second // 2), []
+            return drop(ids, second // 2), drop(pair_ids, first + second - second // 2), []
         if strategy == "only_second" and pair_ids:
-            return ids, drop(pair_ids, num_to_remove)
-        return ids, pair_ids
+            return ids, drop(pair_ids, num_to_remove), overflow(pair_ids)
+        return ids, pair_ids, []
+
+    def _ids(self, text: str | list[str], is_split_into_words: bool) -> list[int]:
+        """Token ids of a text, or of a list of words each tokenized on its own."""
+        if is_split_into_words:
+            return self.convert_tokens_to_ids([token for word in text for token in self.tokenize(word)])
+        return self.convert_tokens_to_ids(self.tokenize(text))
 
     def _encode_batch(self, pairs, add_special_tokens, padding_strategy, truncation_strategy, max_length,
-                      pad_to_multiple_of, padding_side, return_special_tokens_mask):
+                      pad_to_multiple_of, padding_side, return_special_tokens_mask, stride=0,
+                      is_split_into_words=False, return_overflowing_tokens=False, return_offsets_mapping=False):
+        if return_offsets_mapping:
+            raise NotImplementedError(
+                "return_offsets_mapping is not available with the pure-Python ConvBertTokenizer, which does not track "
+                "character offsets; use ConvBertTokenizerFast (same tokens and ids) for offset mappings."
+            )
         batch = {"input_ids": [], "token_type_ids": [], "attention_mask": []}
         if return_special_tokens_mask:
             batch["special_tokens_mask"] = []
+        overflows, truncated = [], []
         for text, text_pair in pairs:
-            ids = self.convert_tokens_to_ids(self.tokenize(text))
-            pair_ids = self.convert_tokens_to_ids(self.tokenize(text_pair)) if text_pair is not None else None
+            ids = self._ids(text, is_split_into_words)
+            pair_ids = self._ids(text_pair, is_split_into_words) if text_pair is not None else None
+            if return_overflowing_tokens and truncation_strategy == "longest_first" and pair_ids is not None:
+                raise ValueError(
+                    "Not possible to return overflowing tokens for pair of sequences with the `longest_first` "
+                    "truncation strategy. Please select another truncation strategy than `longest_first`, for instance "
+                    "`only_second` or `only_first` (or use ConvBertTokenizerFast, which returns every window)."
+                )
+            overflowing, n_truncated = [], 0
             if truncation_strategy != "do_not_truncate" and max_length:
                 n_special = self.num_special_tokens_to_add(pair_ids is not None) if add_special_tokens else 0
                 total = len(ids) + len(pair_ids or ()) + n_special
                 if total > max_length:
-                    ids, pair_ids = self._truncate(ids, pair_ids, total - max_length, truncation_strategy)
+                    ids, pair_ids, overflowing = self._truncate(ids, pair_ids, total - max_length,
+                                                                truncation_strategy, stride)
+                    n_truncated = total - max_length if overflowing else 0
+            overflows.append(overflowing)
+            truncated.append(n_truncated)
             if add_special_tokens:
                 seq = self.build_inputs_with_special_tokens(ids, pair_ids)
                 types = self.create_token_type_ids_from_sequences(ids, pair_ids)
@@ -285,4 +394,10 @@ class ConvBertTokenizer(ConvBertTokenizerBase):
             batch["attention_mask"].append([1] * len(seq))
             if return_special_tokens_mask:
                 batch["special_tokens_mask"].append(special)
-        return self._pad_batch(batch, padding_strategy, max_length, pad_to_multiple_of, padding_side, True)
+        if return_overflowing_tokens and any(overflows):
+            # transformers' Python tokenizers give these keys to inputs that overflowed; every row gets them here
+            # ([] and 0 for a row that did not overflow), so that a batch stays aligned.
+            batch["overflowing_tokens"] = overflows
+            batch["num_truncated_tokens"] = truncated
+        batch = self._pad_batch(batch, padding_strategy, max_length, pad_to_multiple_of, padding_side, True)
+        return batch, None

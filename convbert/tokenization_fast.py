@@ -9,6 +9,7 @@ It is built from a ``vocab.txt`` or loaded from a ``tokenizer.json``.
 from __future__ import annotations
 
 import os
+import warnings
 
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
@@ -115,15 +116,38 @@ class ConvBertTokenizerFast(ConvBertTokenizerBase):
         tok.decoder = decoders.WordPiece(prefix=wordpieces_prefix)
         tok.no_padding()
         tok.no_truncation()
+        self._tokenizer = tok
+        # Added tokens of a saved tokenizer that tokenizer.json does not hold already (e.g. a directory written by
+        # the Python tokenizer), in id order; tokenizers gives them their ids.
+        present = {t.content for t in tok.get_added_tokens_decoder().values()}
+        for index, token in sorted(self._saved_added_tokens.items()):
+            if token.content not in present:
+                (tok.add_special_tokens if token.special else tok.add_tokens)([token])
+                present.add(token.content)
+            if tok.token_to_id(token.content) != index:
+                self._check_saved_id(token.content, index)
         # Special tokens are matched on the raw text (before normalization) and never split.
         tok.add_special_tokens(
             [AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False) for t in self.all_special_tokens]
         )
-        self._tokenizer = tok
-        tok.post_processor = processors.TemplateProcessing(
+        self._special_tokens_changed()
+
+    def _special_tokens_changed(self) -> None:
+        """``[CLS] A [SEP]`` / ``[CLS] A [SEP] B [SEP]`` with the current ``cls_token`` and ``sep_token``."""
+        self._tokenizer.post_processor = processors.TemplateProcessing(
             single=f"{self.cls_token}:0 $A:0 {self.sep_token}:0",
             pair=f"{self.cls_token}:0 $A:0 {self.sep_token}:0 $B:1 {self.sep_token}:1",
             special_tokens=[(self.cls_token, self.cls_token_id), (self.sep_token, self.sep_token_id)],
+        )
+
+    def _check_saved_id(self, token: str, index: int) -> None:
+        warnings.warn(
+            f"The saved added token {token!r} had id {index}, but tokenizers gives it id "
+            f"{self._tokenizer.token_to_id(token)}: tokenizers numbers added tokens from the number of distinct "
+            "vocabulary tokens, so ids recorded by another tokenizer (or for a vocabulary with repeated lines) "
+            "cannot be kept.",
+            UserWarning,
+            stacklevel=3,
         )
 
     @property
@@ -142,6 +166,25 @@ class ConvBertTokenizerFast(ConvBertTokenizerBase):
 
     def __len__(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def added_tokens_decoder(self) -> dict[int, AddedToken]:
+        """``{id: AddedToken}`` for every added token (the special tokens included), sorted by id."""
+        return dict(sorted(self._tokenizer.get_added_tokens_decoder().items()))
+
+    def _add_tokens(self, new_tokens: list[str | AddedToken], special_tokens: bool) -> int:
+        """Hand the tokens to ``tokenizers``, as ``transformers``' fast tokenizers do (see :meth:`add_tokens`)."""
+        tok = self._tokenizer
+        before = tok.get_vocab_size(with_added_tokens=True)
+        added = tok.add_special_tokens(new_tokens) if special_tokens else tok.add_tokens(new_tokens)
+        for token in new_tokens:
+            content = str(token)
+            index = tok.token_to_id(content)
+            if index is not None and index >= before:  # a new id: warn if the vocabulary already uses it
+                self._check_new_id(content, index, tok.model.id_to_token(index))
+            if special_tokens and content and content not in self.all_special_tokens:
+                self._additional_special_tokens.append(content)
+        return added
 
     def _convert_token_to_id(self, token: str) -> int:
         idx = self._tokenizer.token_to_id(token)
@@ -162,12 +205,23 @@ class ConvBertTokenizerFast(ConvBertTokenizerBase):
         return self._tokenizer.decoder.decode(tokens)
 
     def _encode_batch(self, pairs, add_special_tokens, padding_strategy, truncation_strategy, max_length,
-                      pad_to_multiple_of, padding_side, return_special_tokens_mask):
+                      pad_to_multiple_of, padding_side, return_special_tokens_mask, stride=0,
+                      is_split_into_words=False, return_overflowing_tokens=False, return_offsets_mapping=False):
         tok = self._tokenizer
         if truncation_strategy == "do_not_truncate":
             tok.no_truncation()
         else:
-            tok.enable_truncation(max_length, stride=0, strategy=truncation_strategy, direction=self.truncation_side)
+            if stride and max_length is not None:
+                is_pair = any(b is not None for _, b in pairs)
+                n_special = self.num_special_tokens_to_add(is_pair) if add_special_tokens else 0
+                if stride >= max_length - n_special:
+                    raise ValueError(
+                        f"stride ({stride}) must be smaller than max_length ({max_length}) minus the {n_special} "
+                        f"special tokens added to each {'pair' if is_pair else 'sequence'}, i.e. at most "
+                        f"{max_length - n_special - 1}: each window must move forward by at least one token."
+                    )
+            tok.enable_truncation(max_length, stride=stride, strategy=truncation_strategy,
+                                  direction=self.truncation_side)
         if padding_strategy == "do_not_pad":
             tok.no_padding()
         else:
@@ -181,17 +235,36 @@ class ConvBertTokenizerFast(ConvBertTokenizerBase):
             )
         inputs = [a if b is None else (a, b) for a, b in pairs]
         try:
-            encodings = tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
+            encodings = tok.encode_batch(inputs, add_special_tokens=add_special_tokens,
+                                         is_pretokenized=is_split_into_words)
         except Exception as exc:
             raise ValueError(f"Tokenization failed ({truncation_strategy=}, {max_length=}): {exc}") from exc
+        except BaseException as exc:
+            # tokenizers panics (pyo3's PanicException, not an Exception) when a window of the truncated
+            # sequence is not longer than the stride, e.g. a question leaving little room for its context.
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise ValueError(
+                f"stride ({stride}) is too large for max_length ({max_length}) with these inputs: the part of a "
+                f"sequence that truncation keeps must be longer than the stride ({exc})."
+            ) from None
         finally:
             tok.no_truncation()
             tok.no_padding()
+        rows, sample = [], []
+        for index, encoding in enumerate(encodings):
+            windows = [encoding, *encoding.overflowing] if return_overflowing_tokens else [encoding]
+            rows += windows
+            sample += [index] * len(windows)
         out = {
-            "input_ids": [e.ids for e in encodings],
-            "token_type_ids": [e.type_ids for e in encodings],
-            "attention_mask": [e.attention_mask for e in encodings],
+            "input_ids": [e.ids for e in rows],
+            "token_type_ids": [e.type_ids for e in rows],
+            "attention_mask": [e.attention_mask for e in rows],
         }
         if return_special_tokens_mask:
-            out["special_tokens_mask"] = [e.special_tokens_mask for e in encodings]
-        return out
+            out["special_tokens_mask"] = [e.special_tokens_mask for e in rows]
+        if return_offsets_mapping:
+            out["offset_mapping"] = [e.offsets for e in rows]
+        if return_overflowing_tokens:
+            out["overflow_to_sample_mapping"] = sample
+        return out, rows
