@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -246,29 +246,8 @@ def read_labelled(path: str | os.PathLike, text_column: str, label_column: str |
 
     try:
         if fmt in ("csv", "tsv"):
-            delimiter = "," if fmt == "csv" else "\t"
-            # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which is not part of the header
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                tap = _LineTap(f)
-                reader = csv.DictReader(tap, delimiter=delimiter)
-                header = reader.fieldnames or []
-                _check_quotes(path, tap.take(), 1, delimiter)
-                missing = [c for c in columns if c not in header]
-                if missing:
-                    raise DataError(f"{path}: no column(s) {missing}; the header has {header}")
-                end = reader.line_num
-                for row in reader:
-                    raw = tap.take()  # the row's text, after any blank lines csv skipped
-                    first, end = end + 1, reader.line_num
-                    _check_quotes(path, raw, first, delimiter)
-                    line = first + raw[:len(raw) - len(raw.lstrip("\r\n"))].count("\n")
-                    if None in row:
-                        bad(line, f"{len(header) + len(row[None])} fields, the header has {len(header)}")
-                        continue
-                    if any(v is None for v in row.values()):
-                        bad(line, f"fewer fields than the {len(header)} of the header")
-                        continue
-                    add(line, row)
+            for line, row in read_csv_rows(path, "," if fmt == "csv" else "\t", columns, bad)[1]:
+                add(line, row)
         elif fmt == "jsonl":
             text = path.read_text(encoding="utf-8-sig")
             if text.lstrip().startswith("["):  # a JSON array of objects is accepted too
@@ -307,6 +286,39 @@ def read_labelled(path: str | os.PathLike, text_column: str, label_column: str |
         raise DataError(f"{path} has no usable rows ({data.skipped} malformed rows skipped"
                         + (f", e.g. {data.skip_reasons[0]}" if data.skip_reasons else "") + ")")
     return data
+
+
+def read_csv_rows(path: Path, delimiter: str, required: Sequence[str], bad: Callable[[int, str], None],
+                  hint: str = "") -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and ``(line, row)`` of each well-formed row of a CSV / TSV file with a header.
+
+    A row with too many or too few fields goes to ``bad(line, why)``; an unbalanced quote, or a
+    column of ``required`` missing from the header (``hint`` appended to the message), raises
+    :class:`DataError`. ``line`` is the row's first line in the file (rows may span lines).
+    utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which is not part of the header.
+    """
+    rows = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        tap = _LineTap(f)
+        reader = csv.DictReader(tap, delimiter=delimiter)
+        header = reader.fieldnames or []
+        _check_quotes(path, tap.take(), 1, delimiter)
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataError(f"{path}: no column(s) {missing}; the header has {header}{hint}")
+        end = reader.line_num
+        for row in reader:
+            raw = tap.take()  # the row's text, after any blank lines csv skipped
+            first, end = end + 1, reader.line_num
+            _check_quotes(path, raw, first, delimiter)
+            line = first + raw[:len(raw) - len(raw.lstrip("\r\n"))].count("\n")
+            if None in row:
+                bad(line, f"{len(header) + len(row[None])} fields, the header has {len(header)}")
+            elif any(v is None for v in row.values()):
+                bad(line, f"fewer fields than the {len(header)} of the header")
+            else:
+                rows.append((line, row))
+    return header, rows
 
 
 class _LineTap:
