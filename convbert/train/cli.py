@@ -164,22 +164,48 @@ def build_parser() -> argparse.ArgumentParser:
                           "start and the end (0: none)")
     _add_common(pre, lr=5e-4, batch_size=32, seq_len=128)
 
-    fin = sub.add_parser("finetune", help="fine-tune for sequence classification or regression",
-                         description="Fine-tune ConvBERT on labelled CSV / TSV / JSON-lines data.")
-    fin.add_argument("--train-file", required=True, type=Path, help="labelled CSV, TSV or JSON lines")
+    fin = sub.add_parser("finetune", help="fine-tune a head: sequence or token classification, question answering, "
+                                          "multiple choice",
+                         description="Fine-tune ConvBERT from --init-from a checkpoint. Data: CSV / TSV / JSON lines "
+                                     "(sequence classification), JSON lines or CoNLL (token classification), SQuAD "
+                                     "JSON or JSON lines (question answering), JSON lines or SWAG CSV (multiple "
+                                     "choice).")
+    fin.add_argument("--task", choices=list(TASKS) + list(LABEL_TYPES), default="sequence-classification",
+                     help="the head to train. sequence-classification: integer or string labels -> classes, other "
+                          "numbers -> regression (auto); 'classification' and 'regression' force the label type")
+    fin.add_argument("--train-file", required=True, type=Path, help="labelled training data")
     fin.add_argument("--eval-file", type=Path, default=None, help="labelled evaluation data (same format)")
-    fin.add_argument("--text-column", default="text")
-    fin.add_argument("--text-pair-column", default=None, help="second text of a sentence pair")
-    fin.add_argument("--label-column", default="label")
-    fin.add_argument("--task", choices=["auto", "classification", "regression"], default="auto",
-                     help="auto: integer or string labels -> classification, other numbers -> regression")
-    fin.add_argument("--num-labels", type=_int_from(2), default=None, help="number of classes (default: from data)")
     fin.add_argument("--bad-rows", choices=["skip", "error"], default="skip",
                      help="malformed rows: skip and count them, or stop with an error")
-    fin.add_argument("--data-format", choices=["auto", "csv", "tsv", "jsonl"], default="auto")
+    fin.add_argument("--data-format", choices=["auto", "csv", "tsv", "jsonl", "conll", "json"], default="auto",
+                     help="auto: from the extension (json: SQuAD's layout)")
     fin.add_argument("--eval-every", type=_nonneg_int, default=0, help="evaluate every N steps (0: each epoch)")
+    g = fin.add_argument_group("sequence classification")
+    g.add_argument("--text-column", default="text")
+    g.add_argument("--text-pair-column", default=None, help="second text of a sentence pair")
+    g.add_argument("--label-column", default="label")
+    g.add_argument("--num-labels", type=_int_from(2), default=None, help="number of classes (default: from data)")
+    g = fin.add_argument_group("token classification")
+    g.add_argument("--tokens-column", default="tokens", help="JSON lines: the list of words")
+    g.add_argument("--tags-column", default="tags", help="JSON lines: the list of tags, one per word")
+    g.add_argument("--label-all-tokens", action="store_true",
+                   help="put a word's label on all its sub-tokens (B-X continued as I-X), not only the first")
+    g = fin.add_argument_group("question answering")
+    g.add_argument("--max-seq-length", dest="seq_len", type=_seq_len, default=argparse.SUPPRESS,
+                   help="--seq-len under transformers' name: tokens per window")
+    g.add_argument("--doc-stride", type=_nonneg_int, default=None,
+                   help="tokens shared by consecutive windows of a long context (default: min(128, seq-len / 4))")
+    g.add_argument("--max-answer-length", type=_positive_int, default=30, help="longest answer, in tokens")
+    g.add_argument("--n-best", type=_positive_int, default=20,
+                   help="start and end positions considered per window (and answers kept in nbest_predictions.json)")
     _add_common(fin, lr=1e-4, batch_size=32, seq_len=128)
     return parser
+
+
+# finetune --task: the heads; "auto" / "classification" / "regression" are sequence classification
+# with the label type inferred or forced (the option's older values).
+TASKS = ("sequence-classification", "token-classification", "question-answering", "multiple-choice")
+LABEL_TYPES = ("auto", "classification", "regression")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -611,6 +637,8 @@ def run_finetune(args, env) -> dict:
     if args.init_from is None and (args.tokenizer is None or (args.model_size is None and args.config is None)):
         raise CliError("finetune needs --init-from CHECKPOINT (or, to train from scratch, --tokenizer and "
                        "--model-size/--config)")
+    if args.task in TASKS[1:]:
+        return _run_task(args, env, output_dir)
     train, evals = _labelled_data(args, env)
     init_config = _init_config(args)
     scheme, train_labels, eval_labels = _labels(args, init_config, train, evals)
@@ -623,7 +651,7 @@ def run_finetune(args, env) -> dict:
     else:
         keys.update(label2id=None)  # the checkpoint's goes: derived from the new id2label
     config = _model_config(args, init_config, tokenizer, f"the tokenizer in {str(tok_dir)!r}", **keys)
-    module = _build_module(args, env, lambda: _classifier(args, config))
+    module = _build_module(args, env, lambda: _fine_tuned(args, config, "ConvBertForSequenceClassification"))
     encoded = encode_texts(tokenizer, train, args.seq_len)
     evaluate = _evaluator(args, env, tokenizer, evals, eval_labels, scheme) if evals is not None else None
     plan, max_steps = _plan(args, env, len(train.texts), drop_last=False, default_epochs=3.0)
@@ -634,12 +662,84 @@ def run_finetune(args, env) -> dict:
         return collate_labelled(encoded, train_labels, indices, pad, regression)
 
     summary = _train(args, env, module, plan, fetch, max_steps, output_dir, tokenizer, evaluate)
+    return _finish_finetuning(env, summary, output_dir)
+
+
+def _finish_finetuning(env, summary: dict, output_dir: Path) -> dict:
     if env.is_main and summary.get("eval"):
         from .loop import write_atomic
 
         write_atomic(output_dir / "eval_results.json", json.dumps(summary["eval"], indent=2) + "\n")
     _say(env, f"saved the fine-tuned model and tokenizer to {output_dir}")
     return summary
+
+
+def _run_task(args, env, output_dir: Path) -> dict:
+    """finetune --task token-classification / question-answering / multiple-choice."""
+    init_config = _init_config(args)
+    tok_dir = args.tokenizer or args.init_from
+    tokenizer = _load_tokenizer(tok_dir)
+    task = _make_task(args, env, tokenizer, init_config, output_dir)
+    keys = dict(conv_backend=args.backend, **task.config_keys())
+    if init_config is None:
+        keys.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    config = _model_config(args, init_config, tokenizer, f"the tokenizer in {str(tok_dir)!r}", **keys)
+    module = _build_module(args, env, lambda: _fine_tuned(args, config, task.model_class.__name__))
+    evaluate = None
+    if task.evals is not None:
+        def evaluate(mod) -> dict:
+            return task.evaluate(mod, batch_size=2 * args.batch_size, device=env.device)
+    plan, max_steps = _plan(args, env, task.num_examples, drop_last=False, default_epochs=3.0)
+    _say(env, f"data: {task.describe()}; {task.num_examples:,} training features"
+              + (f", evaluation on {str(args.eval_file)!r}" if task.evals is not None else ""))
+    _say(env, f"model: {task.model_class.__name__} from {args.init_from or 'scratch'}, hidden {config.hidden_size}, "
+              f"{config.num_hidden_layers} layers; {max_steps} steps, batch {args.batch_size} x accum "
+              f"{args.grad_accum} x {env.world_size}; output {output_dir}")
+    _say(env, f"batches: each padded to its longest sequence; {_padding_path(config)}")
+    summary = _train(args, env, module, plan, task.fetch, max_steps, output_dir, tokenizer, evaluate)
+    return _finish_finetuning(env, summary, output_dir)
+
+
+def _make_task(args, env, tokenizer, init_config, output_dir: Path):
+    from .data import DataError
+    from .task_data import read_multiple_choice, read_question_answering, read_token_classification
+
+    options = dict(bad_rows=args.bad_rows, data_format=args.data_format)
+    with _user_errors(DataError):
+        if args.task == "token-classification":
+            train, evals = [read_token_classification(path, args.tokens_column, args.tags_column, **options)
+                            if path else None for path in (args.train_file, args.eval_file)]
+        elif args.task == "question-answering":
+            train, evals = [read_question_answering(path, **options) if path else None
+                            for path in (args.train_file, args.eval_file)]
+        else:
+            train, evals = [read_multiple_choice(path, **options) if path else None
+                            for path in (args.train_file, args.eval_file)]
+        task = _task(args, tokenizer, init_config, output_dir, env, train, evals)
+    for data in (train, evals):
+        if data is not None and data.skipped:
+            _say(env, f"{data.path}: skipped {data.skipped} malformed row(s), e.g. " + "; ".join(data.skip_reasons[:3]))
+    return task
+
+
+def _task(args, tokenizer, init_config, output_dir: Path, env, train, evals):
+    """The task object of --task (see ``convbert.train.tasks``) over the data read."""
+    from .multiple_choice import MultipleChoiceTask
+    from .question_answering import QuestionAnsweringTask
+    from .token_classification import TokenClassificationTask
+
+    if args.task == "token-classification":
+        names = None
+        if init_config is not None and "ConvBertForTokenClassification" in (init_config.architectures or []):
+            names = [init_config.id2label[i] for i in sorted(init_config.id2label)]
+        return TokenClassificationTask(tokenizer, train, evals, seq_len=args.seq_len, label_names=names,
+                                       label_all_tokens=args.label_all_tokens, bad_rows=args.bad_rows)
+    if args.task == "question-answering":
+        stride = args.doc_stride if args.doc_stride is not None else min(128, args.seq_len // 4)
+        return QuestionAnsweringTask(tokenizer, train, evals, seq_len=args.seq_len, doc_stride=stride,
+                                     max_answer_length=args.max_answer_length, n_best=args.n_best,
+                                     output_dir=output_dir if env.is_main else None, bad_rows=args.bad_rows)
+    return MultipleChoiceTask(tokenizer, train, evals, seq_len=args.seq_len)
 
 
 def _labelled_data(args, env):
@@ -664,27 +764,35 @@ def _labels(args, init_config, train, evals):
         if not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
             label_names = names  # a fine-tuned checkpoint keeps its label names
     with _user_errors(DataError):
-        scheme = infer_label_scheme(train.labels, args.task, args.num_labels, label_names, source=train.path)
+        label_type = args.task if args.task in LABEL_TYPES else "auto"
+        scheme = infer_label_scheme(train.labels, label_type, args.num_labels, label_names, source=train.path)
         return scheme, encode_labels(train, scheme), encode_labels(evals, scheme) if evals is not None else None
 
 
-def _classifier(args, config):
-    from ..modeling import ConvBertForSequenceClassification
-    from ..pretrained import CheckpointError, load_state_dict_from_directory
-    from .electra import SequenceClassifier
+# Weights of the heads (and of the ELECTRA objectives): kept from --init-from only when it is a
+# checkpoint of the same head, e.g. a fine-tuned model trained further.
+_HEAD_PREFIXES = ("classifier.", "qa_outputs.", "sequence_summary.", "generator_", "discriminator_")
 
-    model = ConvBertForSequenceClassification(config)
+
+def _fine_tuned(args, config, head: str):
+    """The ``head`` class (a ``convbert.modeling`` name) from ``config``, its backbone from --init-from."""
+    from .. import modeling
+    from ..pretrained import CheckpointError, load_state_dict_from_directory
+    from .electra import FineTuned
+
+    model = getattr(modeling, head)(config)
     if args.init_from is not None:
+        same_head = head in (ConvBertConfig.from_pretrained(args.init_from).architectures or [])
         with _user_errors((CheckpointError, FileNotFoundError), f"cannot initialise from {str(args.init_from)!r}: "):
-            # MLM / generator heads are dropped; a bare backbone (e.g. an ELECTRA discriminator) gets its
-            # "convbert." prefix from the loader.
+            # a bare backbone (e.g. an ELECTRA discriminator) gets its "convbert." prefix from the loader
             state = load_state_dict_from_directory(args.init_from)
-            state = {k: v for k, v in state.items() if not k.startswith(("generator_", "discriminator_"))}
+            state = {k: v for k, v in state.items()
+                     if not k.startswith(("generator_", "discriminator_")) and (same_head or not k.startswith(_HEAD_PREFIXES))}
             info = model.load_pretrained_state_dict(state)
-        backbone_missing = [k for k in info.missing_keys if not k.startswith("classifier.")]
+        backbone_missing = [k for k in info.missing_keys if not k.startswith(_HEAD_PREFIXES)]
         if backbone_missing:
             raise CliError(f"--init-from {str(args.init_from)!r} lacks backbone weights: {backbone_missing[:5]}")
-    return SequenceClassifier(model)
+    return FineTuned(model)
 
 
 def _evaluator(args, env, tokenizer, evals, labels, scheme):

@@ -1,4 +1,5 @@
-"""Pre-training objectives (ELECTRA replaced-token detection, masked LM) and the fine-tuning wrapper.
+"""Pre-training objectives (ELECTRA replaced-token detection, masked LM) and the fine-tuning wrapper
+(:class:`FineTuned`, any head).
 
 Each objective is an ``nn.Module`` whose ``forward(**batch)`` returns a dict with ``"loss"`` (what
 is back-propagated, and the training log's headline) and other scalar tensors worth logging, plus:
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import ConvBertConfig
-from ..modeling import ConvBertForMaskedLM, ConvBertForSequenceClassification, ConvBertModel, get_activation
+from ..modeling import ConvBertForMaskedLM, ConvBertModel, ConvBertPreTrainedModel, get_activation
 from ..pretrained import load_state_dict_from_directory
 
 GENERATOR_DIR = "generator"
@@ -355,12 +356,14 @@ def missing_weights(directory: Path, objective: str | None) -> list[str]:
 # --------------------------------------------------------------------------- fine-tuning
 
 
-class SequenceClassifier(nn.Module):
-    """ConvBertForSequenceClassification with the objectives' interface."""
+class FineTuned(nn.Module):
+    """Any ConvBERT head (sequence or token classification, question answering, multiple choice)
+    with the objectives' interface: ``forward(**batch)`` passes the batch, labels included, to the
+    head and returns its loss."""
 
     objective = "finetune"
 
-    def __init__(self, model: ConvBertForSequenceClassification):
+    def __init__(self, model: ConvBertPreTrainedModel):
         super().__init__()
         self.model = model
 
@@ -375,10 +378,8 @@ class SequenceClassifier(nn.Module):
     def make_batch(self, examples: dict[str, Any], rng: torch.Generator) -> dict[str, torch.Tensor]:
         return examples
 
-    def forward(self, input_ids, attention_mask, token_type_ids, labels) -> dict[str, torch.Tensor]:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                         labels=labels)
-        return {"loss": out.loss}
+    def forward(self, **batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": self.model(**batch).loss}
 
     def compile_models(self) -> None:
         self.model.compile()
