@@ -11,6 +11,8 @@ Loading, on first use (the registry imports this module lazily, never ``import c
 
 ``CONVBERT_KERNELS_NATIVE=jit`` skips step 1, ``=prebuilt`` skips step 2; ``CONVBERT_KERNELS_CSRC``
 points the JIT build at another source folder and ``CONVBERT_KERNELS_NO_CUDA=1`` leaves CUDA out.
+``CONVBERT_KERNELS_SANITIZE=address`` makes the JIT build a CPU-only AddressSanitizer build (the
+process must preload libasan: ``scripts/asan_native.sh``).
 
 The ops have the Triton backend's signatures; :mod:`._compiled_ops` states their contract and
 registers their fakes and autograd for both backends.
@@ -60,8 +62,12 @@ def jit_build(csrc: Path | str = _CSRC, build_dir: str | None = None, with_cuda:
     sources = sorted(str(p) for p in csrc.glob("*.cpp"))
     if not sources:
         raise ImportError(f"native backend: no compiled convbert_kernels._C and no C++ sources in {csrc}")
+    sanitize = os.environ.get("CONVBERT_KERNELS_SANITIZE", "")
+    if sanitize not in ("", "address"):
+        raise ImportError(f"CONVBERT_KERNELS_SANITIZE must be 'address' or unset, got {sanitize!r}")
     if with_cuda is None:
-        with_cuda = _cuda_toolkit() is not None and os.environ.get("CONVBERT_KERNELS_NO_CUDA", "") != "1"
+        with_cuda = (_cuda_toolkit() is not None and os.environ.get("CONVBERT_KERNELS_NO_CUDA", "") != "1"
+                     and not sanitize)
     cu_sources = sorted(str(p) for p in csrc.glob("*.cu")) if with_cuda else []
     # as setup.py: sm_80 and sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise (flags, not the environment)
     arch_flags = [] if os.environ.get("TORCH_CUDA_ARCH_LIST") else [
@@ -70,14 +76,16 @@ def jit_build(csrc: Path | str = _CSRC, build_dir: str | None = None, with_cuda:
     if build_dir:
         os.makedirs(build_dir, exist_ok=True)
     defines = ["-DCONVBERT_WITH_CUDA"] if cu_sources else []
+    # AddressSanitizer: -O1 and frame pointers for usable reports; its own name so the cache keeps both
+    optimise = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address"] if sanitize else ["-O3"]
     try:
         return cpp_extension.load(
-            name="convbert_kernels_C" + ("_cuda" if cu_sources else "_cpu"),
+            name="convbert_kernels_C" + ("_cuda" if cu_sources else "_cpu") + ("_asan" if sanitize else ""),
             sources=sources + cu_sources,
-            extra_cflags=["-O3", *_openmp_flags(), *defines],
+            extra_cflags=[*optimise, *_openmp_flags(), *defines],
             # as setup.py: a register spill in the project's kernels fails the build
             extra_cuda_cflags=["-O3", "-Xptxas=--warn-on-spills,--warning-as-error", *arch_flags, *defines],
-            extra_ldflags=_openmp_flags(),
+            extra_ldflags=[*_openmp_flags(), *(["-fsanitize=address"] if sanitize else [])],
             build_directory=build_dir,
             with_cuda=bool(cu_sources),
             is_python_module=False,
