@@ -26,6 +26,9 @@ logger = logging.getLogger("convbert")
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 WEIGHTS_NAME = "pytorch_model.bin"
+# Written by convbert-train while it moves a final model's files into place, removed when all are:
+# while it exists, the directory's files may come from different saves.
+INCOMPLETE_SAVE_MARKER = "FINAL_SAVE_INCOMPLETE"
 
 # Buffers that older checkpoints carry and this implementation derives instead.
 _IGNORED_KEYS = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
@@ -106,9 +109,18 @@ def load_state_dict_from_directory(directory: Path) -> dict[str, torch.Tensor]:
     """Read every weight of a checkpoint directory into CPU tensors.
 
     Raises FileNotFoundError when there are no weights, CheckpointError (naming the file) when they
-    cannot be read or a shard index is malformed, leaves the directory, or has overlapping shards.
+    cannot be read or a shard index is malformed, leaves the directory, or has overlapping shards,
+    and when the directory is marked as an interrupted save (``FINAL_SAVE_INCOMPLETE``).
     """
     directory = Path(directory)
+    marker = directory / INCOMPLETE_SAVE_MARKER
+    if marker.exists():
+        try:
+            why = marker.read_text(errors="replace").strip()
+        except OSError:
+            why = ""
+        raise CheckpointError(f"{directory} holds an interrupted save ({INCOMPLETE_SAVE_MARKER}): its weights may "
+                              f"come from different steps, so they are not loaded. {why}".strip())
     if (directory / SAFE_WEIGHTS_NAME).is_file():
         return _read_safetensors(directory / SAFE_WEIGHTS_NAME)
     if (directory / SAFE_WEIGHTS_INDEX_NAME).is_file():

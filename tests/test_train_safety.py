@@ -353,6 +353,12 @@ def test_final_save_killed_midway_is_marked_incomplete(tmp_path, monkeypatch, tw
             _train(out, 3, resume=True)
     assert _final_digest(out) != before and (out / FINAL_INCOMPLETE).is_file()
     assert "step 3" in (out / FINAL_INCOMPLETE).read_text()
+    # meanwhile the mixed final model is refused by every loader, with the marker's explanation
+    from convbert import ConvBertModel
+    from convbert.pretrained import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"interrupted save \(FINAL_SAVE_INCOMPLETE\).*step 3.*--resume"):
+        ConvBertModel.from_pretrained(out)
     logs: list[str] = []
     _train(out, 3, resume=True, logs=logs)
     assert any("incomplete" in line for line in logs) and not (out / FINAL_INCOMPLETE).exists()

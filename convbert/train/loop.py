@@ -38,13 +38,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..pretrained import INCOMPLETE_SAVE_MARKER
+
 TRAINER_STATE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE = "loss_curve.png"
 CHECKPOINTS = "checkpoints"
 LOCK_FILE = "convbert-train.lock"
-#: Present in the output directory while the final model is being replaced (and after a kill then).
-FINAL_INCOMPLETE = "FINAL_SAVE_INCOMPLETE"
+#: Present in the output directory while the final model is being replaced (and after a kill then);
+#: ``from_pretrained`` refuses such a directory.
+FINAL_INCOMPLETE = INCOMPLETE_SAVE_MARKER
 _TEMP = ".tmp-"  # prefix of everything half-written: removed when the next run claims the directory
 _OLD = ".old-"   # a checkpoint being replaced by a newer save of the same step
 
