@@ -836,6 +836,8 @@ def main(argv=None) -> int:
     nc.add_argument("--expect-cuda", action="store_true")
     nc.add_argument("--out", required=True)
     nc.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE", help="extra facts to record")
+    c = sub.add_parser("crashed", help="print the test of each worker a pytest run lost to a crash, one per line")
+    c.add_argument("logs", nargs="+", help="the runs' output")
     a = sub.add_parser("assemble", help="write OUTDIR/summary.md; exit 1 if a stage failed")
     a.add_argument("--work", required=True)
     a.add_argument("--outdir", required=True)
@@ -845,6 +847,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "commit":
         print("\t".join(git_commit()))
+        return 0
+    if args.cmd == "crashed":
+        # node ids to rerun: a test named by its frame only ("path::function (line N)") loses the line
+        tests = [test.split(" (line ")[0] for log in args.logs for test, _ in worker_crashes(_read_text(log))]
+        print("\n".join(dict.fromkeys(tests)))
         return 0
     if args.cmd == "native-check":
         ok, facts = native_check(args.expect_cuda)

@@ -284,6 +284,26 @@ stage_tests() {
         run_suite other-tests tests -m "not gpu"
     fi
 
+    # A test that crashed its worker, again alone in one process (no xdist), for its native backtrace:
+    # under gdb when the machine has it, else with Python's faulthandler. Logged only (tests.log).
+    local crashed
+    crashed="$("$PY" -m benchmarks.gpu_summary crashed "$WORK"/tests/*.out 2>/dev/null)"
+    while IFS= read -r nodeid; do
+        [ -n "$nodeid" ] || continue
+        if [ "$(limit)" -lt 60 ]; then
+            log "crashed test not rerun (no time left): $nodeid"
+            continue
+        fi
+        log "crashed test, alone in one process: $nodeid"
+        if command -v gdb >/dev/null; then
+            timeout -k 10 "$(limit 90)" gdb -q -batch -ex run -ex "thread apply all bt 30" --args \
+                "$PY" -X faulthandler -m pytest -q -p no:cacheprovider -p no:xdist "${extra[@]}" "$nodeid" 2>&1 | tail -150
+        else
+            timeout -k 10 "$(limit 90)" "$PY" -X faulthandler -m pytest -q -p no:cacheprovider -p no:xdist \
+                "${extra[@]}" "$nodeid" 2>&1 | tail -80
+        fi
+    done <<<"$crashed"
+
     log "torch.compile tests, each in a fresh process: pytest --collect-only -q ${collect[*]}"
     "$PY" -m pytest --collect-only -q -p no:cacheprovider "${collect[@]}" >"$WORK/tests/collect.txt" 2>&1
     rc=$?

@@ -202,6 +202,19 @@ def test_worker_crashes_name_each_lost_test():
     assert gpu_summary.worker_crashes("....F.. 3 passed\n") == []
 
 
+def test_crashed_command_lists_tests_to_rerun(tmp_path, capsys):
+    """gpu_check.sh reruns each crashed test alone: the node ids come from `gpu_summary crashed`."""
+    (tmp_path / "a.out").write_text(_CRASH_LOG)
+    (tmp_path / "b.out").write_text(_CRASH_LOG)  # the same crashes twice: listed once
+    assert gpu_summary.main(["crashed", str(tmp_path / "a.out"), str(tmp_path / "b.out"),
+                             str(tmp_path / "missing.out")]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "tests/test_backends.py::test_fakes_refuse_what_the_ops_refuse[3-native]",
+        "tests/test_native.py::test_bad_padding_l_is_refused_by_the_raw_ops",
+        "tests/test_other.py::test_elsewhere",
+    ]
+
+
 def test_summary_counts_crashed_workers_as_failures(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     (work / "tests").mkdir(parents=True)
