@@ -10,7 +10,8 @@
 #                  TORCH_CUDA_ARCH_LIST from the device) and checks the native CUDA kernels registered
 #   tests          the whole suite on CUDA (Triton compiled, bf16 included): the gpu-marked tests first,
 #                  then the rest; then every torch.compile test (pytest --collect-only -q -k compile
-#                  tests) alone in a fresh process
+#                  tests) alone in a fresh process; a test that crashed its worker runs again alone (gdb
+#                  backtrace where gdb exists), logged
 #   sanitize       compute-sanitizer memcheck, racecheck, synccheck, initcheck over every native CUDA op
 #                  (scripts/gpu_sanitize_ops.py), and memcheck over the Triton kernels
 #   bench-kernels  span_dynamic_conv at ConvBERT-base dims (B=32 L=512 A=C=384 n=6 K=9), bf16 and
