@@ -651,7 +651,8 @@ def run_finetune(args, env) -> dict:
     else:
         keys.update(label2id=None)  # the checkpoint's goes: derived from the new id2label
     config = _model_config(args, init_config, tokenizer, f"the tokenizer in {str(tok_dir)!r}", **keys)
-    module = _build_module(args, env, lambda: _fine_tuned(args, config, "ConvBertForSequenceClassification"))
+    module = _build_module(args, env, lambda: _fine_tuned(args, config, "ConvBertForSequenceClassification",
+                                                         init_config))
     encoded = encode_texts(tokenizer, train, args.seq_len)
     evaluate = _evaluator(args, env, tokenizer, evals, eval_labels, scheme) if evals is not None else None
     plan, max_steps = _plan(args, env, len(train.texts), drop_last=False, default_epochs=3.0)
@@ -684,7 +685,7 @@ def _run_task(args, env, output_dir: Path) -> dict:
     if init_config is None:
         keys.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     config = _model_config(args, init_config, tokenizer, f"the tokenizer in {str(tok_dir)!r}", **keys)
-    module = _build_module(args, env, lambda: _fine_tuned(args, config, task.model_class.__name__))
+    module = _build_module(args, env, lambda: _fine_tuned(args, config, task.model_class.__name__, init_config))
     evaluate = None
     if task.evals is not None:
         def evaluate(mod) -> dict:
@@ -774,15 +775,16 @@ def _labels(args, init_config, train, evals):
 _HEAD_PREFIXES = ("classifier.", "qa_outputs.", "sequence_summary.", "generator_", "discriminator_")
 
 
-def _fine_tuned(args, config, head: str):
-    """The ``head`` class (a ``convbert.modeling`` name) from ``config``, its backbone from --init-from."""
+def _fine_tuned(args, config, head: str, init_config=None):
+    """The ``head`` class (a ``convbert.modeling`` name) from ``config``, its backbone from --init-from
+    (whose config is ``init_config``)."""
     from .. import modeling
     from ..pretrained import CheckpointError, load_state_dict_from_directory
     from .electra import FineTuned
 
     model = getattr(modeling, head)(config)
     if args.init_from is not None:
-        same_head = head in (ConvBertConfig.from_pretrained(args.init_from).architectures or [])
+        same_head = head in (init_config.architectures or [])
         with _user_errors((CheckpointError, FileNotFoundError), f"cannot initialise from {str(args.init_from)!r}: "):
             # a bare backbone (e.g. an ELECTRA discriminator) gets its "convbert." prefix from the loader
             state = load_state_dict_from_directory(args.init_from)

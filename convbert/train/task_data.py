@@ -137,6 +137,15 @@ def _text(value: Any, name: str) -> str:
     return value
 
 
+def _check_strings(items: list, what: str) -> None:
+    """Every item a non-empty string, else a bad row naming the first that is not."""
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise _BadRow(f"{what} {i} is not a string: {item!r}")
+        if not item.strip():
+            raise _BadRow(f"{what} {i} is empty")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -167,11 +176,7 @@ def _check_sentence(tokens: Any, tags: Any, tokens_column: str, tags_column: str
         raise _BadRow(f"empty {tokens_column!r} list")
     if len(tokens) != len(tags):
         raise _BadRow(f"{len(tokens)} tokens but {len(tags)} tags")
-    for i, token in enumerate(tokens):
-        if not isinstance(token, str):
-            raise _BadRow(f"token {i} is not a string: {token!r}")
-        if not token.strip():
-            raise _BadRow(f"token {i} is empty")
+    _check_strings(tokens, "token")
     out_tags = []
     for i, tag in enumerate(tags):
         if _is_int(tag):
@@ -466,11 +471,7 @@ def _choice_row(row: dict, from_csv: bool) -> tuple[str, list[str], int | None]:
             raise _BadRow("'choices' is not a list" if "choices" in row else "no 'choices'")
     if len(choices) < 2:
         raise _BadRow(f"{len(choices)} choice(s); a question needs at least two")
-    for i, choice in enumerate(choices):
-        if not isinstance(choice, str):
-            raise _BadRow(f"choice {i} is not a string: {choice!r}")
-        if not choice.strip():
-            raise _BadRow(f"choice {i} is empty")
+    _check_strings(choices, "choice")
     label = row.get("label")
     if label is None or (from_csv and not label.strip()):
         return context, choices, None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from .data import DataError
@@ -131,6 +130,4 @@ class TokenClassificationTask:
 
         loss = in_batches(module, lambda idx: self._batch(features, idx), len(data.tags), batch_size, device, keep)
         metrics = token_classification_metrics(predictions, references)
-        out = {"eval_loss": loss}
-        out.update({f"eval_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))})
-        return out
+        return {"eval_loss": loss, **{f"eval_{k}": float(v) for k, v in metrics.items()}}
