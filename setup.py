@@ -52,7 +52,8 @@ def _extensions():
         and os.environ.get("CONVBERT_KERNELS_NO_CUDA", "") != "1"
     )
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    cxx_flags = ["-O3", *openmp]
+    # -fno-trapping-math (as PyTorch's own build): lets the CPU kernels' branch-free selects vectorise
+    cxx_flags = ["-O3", "-fno-trapping-math", *openmp]
     define_macros = []
     if with_cuda:
         arch_flags = [] if os.environ.get("TORCH_CUDA_ARCH_LIST") else DEFAULT_ARCH_FLAGS

@@ -78,6 +78,7 @@ def jit_build(csrc: Path | str = _CSRC, build_dir: str | None = None, with_cuda:
     defines = ["-DCONVBERT_WITH_CUDA"] if cu_sources else []
     # AddressSanitizer: -O1 and frame pointers for usable reports; its own name so the cache keeps both
     optimise = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address"] if sanitize else ["-O3"]
+    optimise.append("-fno-trapping-math")  # as setup.py: the CPU kernels' selects vectorise
     try:
         return cpp_extension.load(
             name="convbert_kernels_C" + ("_cuda" if cu_sources else "_cpu") + ("_asan" if sanitize else ""),

@@ -48,8 +48,7 @@ constexpr DeviceKernels kCudaKernels{window_forward_cuda, window_backward_cuda, 
                                      span_backward_cuda};
 #endif
 
-// The kernels call at::mm internally on operands they have already cast to their accumulation
-// type; under autocast that call would be re-dispatched through the Autocast key and come back in
+// The kernels call ATen GEMMs internally on operands of a dtype they chose; under autocast that call would be re-dispatched through the Autocast key and come back in
 // the autocast dtype. The ops' inputs already share one dtype, so autocast has nothing to do here.
 #define CONVBERT_NO_AUTOCAST() const c10::impl::ExcludeDispatchKeyGuard no_autocast_(c10::autocast_dispatch_keyset)
 
@@ -208,12 +207,11 @@ std::tuple<Tensor, Tensor> span_fwd(const DeviceKernels& k, const Tensor& query,
   CONVBERT_NO_AUTOCAST();
   check_span(query, key_conv, values, weight, bias, num_heads, padding_l);
   const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
-  const auto acc = acc_dtype_for(values.scalar_type());
   const Tensor v = values.contiguous();
   const Tensor q = query.contiguous().view({B * L, A});
   const Tensor kc = key_conv.contiguous().view({B * L, A});
-  const Tensor w = weight.to(acc).contiguous();
-  const Tensor b = (bias.has_value() && bias->defined()) ? bias->to(acc).contiguous() : Tensor();
+  const Tensor w = weight.contiguous();  // the input dtype: each device converts what it needs
+  const Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : Tensor();
   const Tensor mask = prepare_mask(padding_mask, values);
   const Tensor sb = prepare_seq_bounds(seq_bounds, values);
   Tensor out = at::empty_like(v);
@@ -236,7 +234,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_bwd(const DeviceKernels&
   const Tensor p = check_probs(probs, values, num_heads, R / num_heads);
   TORCH_CHECK(grad_out.sizes() == values.sizes(), "grad_out must have the shape of values");
   const auto dtype = values.scalar_type();
-  const auto acc = acc_dtype_for(dtype);
   const Tensor v = values.contiguous();
   const Tensor g = grad_out.to(dtype).contiguous();
   const Tensor mask = prepare_mask(padding_mask, values);
@@ -247,7 +244,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_bwd(const DeviceKernels&
   Tensor d_query = at::empty({B * L, A}, q.options());
   Tensor d_key_conv = at::empty({B * L, A}, q.options());
   auto [d_weight, d_bias] =
-      k.span_backward(g, q, kc, v, weight.to(acc).contiguous(), p, mask, seq_bounds_ptr(sb), num_heads, padding_l,
+      k.span_backward(g, q, kc, v, weight.contiguous(), p, mask, seq_bounds_ptr(sb), num_heads, padding_l,
                       d_query, d_key_conv, d_values);
   return {d_query.view({B, L, A}), d_key_conv.view({B, L, A}), d_values, d_weight.to(dtype), d_bias.to(dtype)};
 }

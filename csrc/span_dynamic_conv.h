@@ -54,9 +54,9 @@ inline at::ScalarType acc_dtype_for(at::ScalarType t) {
 //   writes out [B, L, C], and probs [B, L, R] (acc dtype) unless probs is undefined (not saved).
 // window_backward: grad_out, values [B, L, C], probs [B, L, R] (acc dtype); writes d_values
 //   [B, L, C] and d_logits [B, L, R] (values dtype).
-// span_forward: query, key_conv [N, A] (input dtype), values [B, L, C], weight_acc [R, A] and
-//   bias_acc [R] or undefined (acc dtype); writes out and probs (if defined). The logits are
-//   (query * key_conv) @ weight^T + bias.
+// span_forward: query, key_conv [N, A], values [B, L, C], weight [R, A] and bias [R] or undefined,
+//   all in the input dtype (a device converts what it needs: no full-size copies); writes out and
+//   probs (if defined). The logits are (query * key_conv) @ weight^T + bias.
 // span_backward: as above plus grad_out and probs; writes d_query, d_key_conv [N, A] (input dtype)
 //   and d_values; returns (d_weight [R, A], d_bias [R]) in the acc dtype. The weight/bias
 //   reduction is deterministic (fixed token ranges, partials summed in a fixed order).
@@ -68,12 +68,12 @@ inline at::ScalarType acc_dtype_for(at::ScalarType t) {
                              const at::Tensor& mask, const int64_t* seq_bounds, int64_t num_heads,                   \
                              int64_t padding_l, at::Tensor& d_values, at::Tensor& d_logits);                         \
   void span_forward_##dev(const at::Tensor& query, const at::Tensor& key_conv, const at::Tensor& values,             \
-                          const at::Tensor& weight_acc, const at::Tensor& bias_acc, const at::Tensor& mask,          \
+                          const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& mask,                \
                           const int64_t* seq_bounds, int64_t num_heads, int64_t padding_l, at::Tensor& out,          \
                           at::Tensor& probs);                                                                        \
   std::tuple<at::Tensor, at::Tensor> span_backward_##dev(                                                            \
       const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key_conv,                               \
-      const at::Tensor& values, const at::Tensor& weight_acc, const at::Tensor& probs, const at::Tensor& mask,       \
+      const at::Tensor& values, const at::Tensor& weight, const at::Tensor& probs, const at::Tensor& mask,           \
       const int64_t* seq_bounds, int64_t num_heads, int64_t padding_l, at::Tensor& d_query, at::Tensor& d_key_conv,  \
       at::Tensor& d_values);
 

@@ -7,11 +7,11 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -26,27 +26,33 @@
 #ifdef CONVBERT_MULTI_ISA
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#define CONVBERT_ISA_VEC_BYTES 32
 namespace convbert_kernels {
 namespace cpu_avx2 {
 #include "span_dynamic_conv_cpu_kernels.inc"
 }  // namespace cpu_avx2
 }  // namespace convbert_kernels
+#undef CONVBERT_ISA_VEC_BYTES
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")
+#define CONVBERT_ISA_VEC_BYTES 64
 namespace convbert_kernels {
 namespace cpu_avx512 {
 #include "span_dynamic_conv_cpu_kernels.inc"
 }  // namespace cpu_avx512
 }  // namespace convbert_kernels
+#undef CONVBERT_ISA_VEC_BYTES
 #pragma GCC pop_options
 #endif
 
+#define CONVBERT_ISA_VEC_BYTES 16
 namespace convbert_kernels {
 namespace cpu_base {
 #include "span_dynamic_conv_cpu_kernels.inc"
 }  // namespace cpu_base
+#undef CONVBERT_ISA_VEC_BYTES
 
 namespace {
 
@@ -158,37 +164,48 @@ void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& values, c
   });
 }
 
+// Columns padded to the small GEMM's multiple (span_dynamic_conv_cpu_kernels.inc).
+int64_t gemm_padded(int64_t columns) {
+  constexpr int64_t pad = cpu_base::kGemmPad;  // the same in every ISA's instantiation
+  return (columns + pad - 1) / pad * pad;
+}
+
 // The fused CPU forward: one parallel region over fixed ranges of kRange tokens; per range the
-// product query * key_conv, the A -> n*K projection (a single-threaded GEMM on cache-resident
-// rows), softmax and the window sum.
+// product query * key_conv, the A -> n*K projection, softmax and the window sum, all in per-thread
+// scratch that stays in cache. The weight is converted and transposed once, [A, Rp] with R padded.
 void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const at::Tensor& values,
-                      const at::Tensor& weight_acc, const at::Tensor& bias_acc, const at::Tensor& mask,
+                      const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& mask,
                       const int64_t* seq_bounds, int64_t num_heads, int64_t padding_l, at::Tensor& out,
                       at::Tensor& probs) {
-  const int64_t B = values.size(0), L = values.size(1), C = values.size(2);
-  const int64_t n = num_heads, d = C / n, R = weight_acc.size(0), K = R / n, N = B * L;
-  const auto acc = weight_acc.scalar_type();
-  const at::Tensor weight_t = weight_acc.t();
+  const int64_t B = values.size(0), L = values.size(1), C = values.size(2), A = query.size(1);
+  const int64_t n = num_heads, d = C / n, R = weight.size(0), K = R / n, N = B * L, Rp = gemm_padded(R);
+  const auto acc = acc_dtype_for(values.scalar_type());
+  at::Tensor weight_t = at::zeros({A, Rp}, values.options().dtype(acc));
+  weight_t.narrow(1, 0, R).copy_(weight.t());
+  at::Tensor bias_p;
+  if (bias.defined()) {
+    bias_p = at::zeros({Rp}, weight_t.options());
+    bias_p.narrow(0, 0, R).copy_(bias);
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "span_forward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
+    const scalar_t* q = query.data_ptr<scalar_t>();
+    const scalar_t* kc = key_conv.data_ptr<scalar_t>();
     const scalar_t* v = values.data_ptr<scalar_t>();
+    const acc_t* wt = weight_t.data_ptr<acc_t>();
+    const acc_t* bp = bias_p.defined() ? bias_p.data_ptr<acc_t>() : nullptr;
     scalar_t* o = out.data_ptr<scalar_t>();
     acc_t* p = probs.defined() ? probs.data_ptr<acc_t>() : nullptr;  // not saved: the kernel keeps them per token
     const bool* m = mask_ptr(mask);
     const int64_t* seq_lo = seq_bounds;  // rows 0 and 1 of seq_bounds [2, N], or nullptr
     const int64_t* seq_hi = seq_bounds != nullptr ? seq_bounds + N : nullptr;
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
-      // OpenMP workers do not inherit the caller's dispatch state: keep these ATen calls below
-      // autograd there too (the inputs may require grad).
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      constexpr int64_t kSub = cpu_base::kSubRange;  // the same in every ISA's instantiation
+      std::vector<acc_t> ca(kSub * A), logits(kSub * Rp);
       for (int64_t r = begin; r < end; ++r) {
-        const int64_t n0 = r * kRange, len = std::min(N, n0 + kRange) - n0;
-        const at::Tensor ca = query.narrow(0, n0, len).to(acc) * key_conv.narrow(0, n0, len).to(acc);
-        at::Tensor logits = at::mm(ca, weight_t);
-        if (bias_acc.defined()) logits.add_(bias_acc);
-        const acc_t* lg = logits.data_ptr<acc_t>();
-        CONVBERT_ISA_CALL(window_forward_range, v, lg, n0, R, m, seq_lo, seq_hi, o, p, L, n, d, K, padding_l, n0,
-                          n0 + len);
+        const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
+        CONVBERT_ISA_CALL(span_forward_range, q, kc, v, wt, bp, m, seq_lo, seq_hi, o, p, L, n, d, K, A, Rp,
+                          padding_l, n0, n1, ca.data(), logits.data());
       }
     });
   });
@@ -201,56 +218,50 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
 // does not depend on the number of threads or on which thread ran which range.
 std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out, const at::Tensor& query,
                                                      const at::Tensor& key_conv, const at::Tensor& values,
-                                                     const at::Tensor& weight_acc, const at::Tensor& probs,
+                                                     const at::Tensor& weight, const at::Tensor& probs,
                                                      const at::Tensor& mask, const int64_t* seq_bounds,
                                                      int64_t num_heads, int64_t padding_l, at::Tensor& d_query,
                                                      at::Tensor& d_key_conv, at::Tensor& d_values) {
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2), A = query.size(1);
-  const int64_t n = num_heads, d = C / n, R = weight_acc.size(0), K = R / n, N = B * L;
-  const auto acc = weight_acc.scalar_type();
+  const int64_t n = num_heads, d = C / n, R = weight.size(0), K = R / n, N = B * L, Ap = gemm_padded(A);
+  const auto acc = acc_dtype_for(values.scalar_type());
   const int64_t ranges = std::max<int64_t>(1, num_ranges(N));
-  at::Tensor dw_part = at::zeros({ranges, R, A}, weight_acc.options());
-  at::Tensor db_part = at::zeros({ranges, R}, weight_acc.options());
+  at::Tensor weight_p = at::zeros({R, Ap}, values.options().dtype(acc));
+  weight_p.narrow(1, 0, A).copy_(weight);
+  at::Tensor dw_part = at::zeros({ranges, R, Ap}, weight_p.options());
+  at::Tensor db_part = at::zeros({ranges, R}, weight_p.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "span_backward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     const scalar_t* g = grad_out.data_ptr<scalar_t>();
+    const scalar_t* q = query.data_ptr<scalar_t>();
+    const scalar_t* kc = key_conv.data_ptr<scalar_t>();
     const scalar_t* v = values.data_ptr<scalar_t>();
+    const acc_t* wp = weight_p.data_ptr<acc_t>();
     const acc_t* p = probs.data_ptr<acc_t>();
     scalar_t* dv = d_values.data_ptr<scalar_t>();
+    scalar_t* dq = d_query.data_ptr<scalar_t>();
+    scalar_t* dkc = d_key_conv.data_ptr<scalar_t>();
+    acc_t* dw = dw_part.data_ptr<acc_t>();
+    acc_t* db = db_part.data_ptr<acc_t>();
     const bool* m = mask_ptr(mask);
     const int64_t* seq_lo = seq_bounds;  // rows 0 and 1 of seq_bounds [2, N], or nullptr
     const int64_t* seq_hi = seq_bounds != nullptr ? seq_bounds + N : nullptr;
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;  // see span_forward_cpu
+      std::vector<acc_t> dl(kRange * R), ca(kRange * Ap), d_ca(cpu_base::kSubRange * Ap);
       for (int64_t r = begin; r < end; ++r) {
-        const int64_t n0 = r * kRange, len = std::min(N, n0 + kRange) - n0;
-        at::Tensor dl = at::empty({len, R}, weight_acc.options());
-        CONVBERT_ISA_CALL(window_backward_range, g, v, p, m, seq_lo, seq_hi, dv, dl.data_ptr<acc_t>(), n0, L, n, d,
-                          K, padding_l, n0, n0 + len);
-        const at::Tensor q = query.narrow(0, n0, len).to(acc);
-        const at::Tensor kc = key_conv.narrow(0, n0, len).to(acc);
-        const at::Tensor d_ca = at::mm(dl, weight_acc);
-        at::Tensor dq = d_query.narrow(0, n0, len), dkc = d_key_conv.narrow(0, n0, len);
-        if (dq.scalar_type() == acc) {  // straight into the outputs, no temporaries
-          at::mul_out(dq, d_ca, kc);
-          at::mul_out(dkc, d_ca, q);
-        } else {
-          dq.copy_(d_ca * kc);
-          dkc.copy_(d_ca * q);
-        }
-        at::Tensor dw_out = dw_part.select(0, r);
-        at::mm_out(dw_out, dl.t(), q * kc);
-        db_part.select(0, r).copy_(dl.sum(0));
+        const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
+        CONVBERT_ISA_CALL(span_backward_range, g, q, kc, v, wp, p, m, seq_lo, seq_hi, dv, dq, dkc, dw + r * R * Ap,
+                          db + r * R, L, n, d, K, A, Ap, padding_l, n0, n1, dl.data(), ca.data(), d_ca.data());
       }
     });
   });
-  at::Tensor dw = dw_part.select(0, 0).clone();
-  at::Tensor db = db_part.select(0, 0).clone();
+  at::Tensor d_weight = dw_part.select(0, 0).clone();
+  at::Tensor d_bias = db_part.select(0, 0).clone();
   for (int64_t r = 1; r < ranges; ++r) {
-    dw.add_(dw_part.select(0, r));
-    db.add_(db_part.select(0, r));
+    d_weight.add_(dw_part.select(0, r));
+    d_bias.add_(db_part.select(0, r));
   }
-  return {dw, db};
+  return {d_weight.narrow(1, 0, A).contiguous(), d_bias};
 }
 
 }  // namespace convbert_kernels
