@@ -24,6 +24,7 @@ Examples::
     python -m benchmarks.bench_kernels --preset quick
     python -m benchmarks.bench_kernels --preset cpu
     python -m benchmarks.bench_kernels --preset gpu
+    python -m benchmarks.bench_kernels --preset native-vs-compiled --threads 1 --baseline compiled-eager
     python -m benchmarks.bench_kernels --seq-lens 128,512 --batches 8 --dims 384,384,6,9 --dtype fp32
 """
 
@@ -78,6 +79,16 @@ class Case:
         fwd, bwd = s * (self.A + 2 * self.C), s * (3 * self.C + 2 * self.A)
         return self.tokens * {"forward": fwd, "backward": bwd, "full": fwd + bwd}[mode]
 
+    def flops(self, mode: str) -> int:
+        """Arithmetic of the fused op, counted as multiply-adds x 2 (docs: convbert-math.md): per token
+        forward the product query * key_conv (A), the projection (2AR), softmax (~4R) and the window
+        sum (2KC); backward the same product (A), d_ca = d_logits W and d_weight = d_logits^T ca (4AR),
+        d_query and d_key_conv (2A), dp and the d_values gather (4KC), the softmax backward (~4R)."""
+        R = self.heads * self.K
+        fwd = self.A + 2 * self.A * R + 4 * R + 2 * self.K * self.C
+        bwd = 3 * self.A + 4 * self.A * R + 4 * self.K * self.C + 4 * R
+        return self.tokens * {"forward": fwd, "backward": bwd, "full": fwd + bwd}[mode]
+
 
 PRESETS = {
     # a minute on a laptop CPU: the README's main command
@@ -91,6 +102,12 @@ PRESETS = {
     # the GPU sweep: base dims, bf16, L 128..4096 at B=32 and B 8..64 at L=512
     "gpu": dict(cuda=dict(seq_lens=[128, 256, 512, 1024, 2048, 4096], batches=[32], dims=[(384, 384, 6, 9)],
                           dtype="bf16", modes=list(MODES), batch_sweep=dict(seq_len=512, batches=[8, 16, 64]))),
+    # issue 14's comparison: native vs torch.compile of the eager backend on CPU, ConvBERT-base's
+    # branch (A = C = 384, 6 heads, K = 9), B = 8; run it with --threads 1 and again with all cores
+    "native-vs-compiled": dict(cpu=dict(seq_lens=[128, 512, 2048], batches=[8], dims=[(384, 384, 6, 9)],
+                                        dtype="fp32", modes=list(MODES)),
+                               cuda=dict(seq_lens=[128, 512, 2048], batches=[32], dims=[(384, 384, 6, 9)],
+                                         dtype="bf16", modes=list(MODES))),
     # issue 5's acceptance point
     "issue5": dict(cpu=dict(seq_lens=[512], batches=[8], dims=[(384, 384, 6, 9)], dtype="fp32",
                             modes=["forward", "full"]),
@@ -214,6 +231,12 @@ def measure(case: Case, name: str, op, device: torch.device, modes, args) -> lis
             for t in inputs:
                 t.grad = None
             row["effective_gbps"] = row["floor_bytes"] / (row["median_ms"] * 1e-3) / 1e9
+            row["flops"] = case.flops(mode)
+            row["gflops"] = row["flops"] / (row["median_ms"] * 1e-3) / 1e9
+            mm_gflops = getattr(args, "mm_gflops", None)
+            if mm_gflops:  # the op's arithmetic rate against a large torch.mm's on this device, this thread count
+                row["mm_gflops"] = mm_gflops
+                row["fraction_of_mm"] = row["gflops"] / mm_gflops
             peak = args.peak_gbps or _peak_gbps(device)
             if peak:
                 row["peak_gbps"] = peak
@@ -273,6 +296,11 @@ def parse_args(argv=None):
     p.add_argument("--copy-gbps", type=float, default=None,
                    help="device-to-device copy bandwidth (read + written) for fraction_of_copy; default: "
                         "measured once per run (0: do not measure)")
+    p.add_argument("--mm-gflops", type=float, default=None,
+                   help="FLOP ceiling for fraction_of_mm: a large torch.mm's GFLOP/s in the run's dtype and "
+                        "thread count; default: measured once per run (0: do not measure)")
+    p.add_argument("--baseline", default="reference",
+                   help="provider the printed table's speed-ups are relative to (e.g. compiled-eager)")
     p.add_argument("--out", default=None, help="JSONL file to append to (default benchmarks/results/kernels-<device>.jsonl)")
     p.add_argument("--no-save", action="store_true", help="print only")
     p.add_argument("--verbose", action="store_true")
@@ -309,10 +337,13 @@ def main(argv=None) -> list[dict]:
     provs = providers(device, args.include_interpreted, args.providers)
     if args.copy_gbps is None:  # measured, not looked up: the ceiling a streaming kernel can reach here
         args.copy_gbps = common.copy_bandwidth_gbps(device)
+    if args.mm_gflops is None:
+        args.mm_gflops = common.mm_gflops(device, common.dtype_from_name(spec["dtype"]))
     cases = cases_from(spec)
     print(f"# span_dynamic_conv on {common.device_name(device)}: providers {list(provs)}, "
           f"{len(cases)} shapes, modes {spec['modes']}, dtype {spec['dtype']}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}; copy bandwidth {args.copy_gbps or 0:.0f} GB/s", flush=True)
+          f"threads {torch.get_num_threads()}; copy bandwidth {args.copy_gbps or 0:.0f} GB/s, "
+          f"torch.mm {args.mm_gflops or 0:.0f} GFLOP/s", flush=True)
     out_path = Path(args.out) if args.out else common.results_path("kernels", device)
     all_rows = []
     for case in cases:
@@ -326,7 +357,7 @@ def main(argv=None) -> list[dict]:
     from benchmarks import plot
 
     print()
-    print(plot.kernel_speedup_table(all_rows))
+    print(plot.kernel_speedup_table(all_rows, baseline=args.baseline))
     if not args.no_save:
         print(f"\nrows appended to {out_path}")
     return all_rows
@@ -338,7 +369,8 @@ def _line(row: dict) -> str:
         return f"{row['provider']:>15} {row['mode']:>8} {shape}: ERROR {row['error']}"
     return (f"{row['provider']:>15} {row['mode']:>8} {shape}: median {row['median_ms']:.3f} ms "
             f"[p20 {row['p20_ms']:.3f}, p80 {row['p80_ms']:.3f}] peak {common.fmt_bytes(row['peak_bytes'])} "
-            f"saved {common.fmt_bytes(row.get('saved_bytes'))}")
+            f"saved {common.fmt_bytes(row.get('saved_bytes'))}, {row['gflops']:.1f} GFLOP/s"
+            + (f" ({row['fraction_of_mm']:.0%} of torch.mm)" if row.get("fraction_of_mm") else ""))
 
 
 if __name__ == "__main__":

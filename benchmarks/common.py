@@ -241,6 +241,25 @@ def copy_bandwidth_gbps(device: torch.device | str, nbytes: int | None = None) -
     return 2 * numel * 4 / (median_ms * 1e-3) / 1e9
 
 
+def mm_gflops(device: torch.device | str, dtype: torch.dtype = torch.float32, size: int | None = None) -> float:
+    """Achieved GFLOP/s (1e9 multiply-adds x 2 per second) of one large square ``torch.mm`` in
+    ``dtype`` at the current thread count: the arithmetic ceiling the op is compared with.
+
+    Default size: 8192 on CUDA, 2048 on CPU (a few seconds at one core's vector peak at most).
+    """
+    device = torch.device(device)
+    if size is None:
+        size = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    fn = functools.partial(torch.mm, a, b)
+    if device.type == "cuda":
+        median_ms = time_cuda(fn)["median_ms"]
+    else:
+        median_ms = time_cpu(fn, warmup=1, repeats=3)["median_ms"]
+    return 2 * size**3 / (median_ms * 1e-3) / 1e9
+
+
 # ----------------------------------------------------------------------------------------------
 # Memory
 # ----------------------------------------------------------------------------------------------

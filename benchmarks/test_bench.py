@@ -94,8 +94,9 @@ def test_tables_and_plot(benchmark, device, tmp_path):
     """bench_kernels' rows -> plot.py's table and PNG (tiny sweep, no file written to results/)."""
     rows = bench_kernels.main(["--device", str(device), "--seq-lens", "32,64", "--batches", "1",
                                "--dims", "32,32,2,3", "--providers", "reference,eager", "--modes", "full",
-                               "--repeats", "2", "--min-time", "0", "--no-save"])
+                               "--repeats", "2", "--min-time", "0", "--no-save", "--mm-gflops", "1"])
     assert {r["provider"] for r in rows} == {"reference", "eager"} and not any("error" in r for r in rows)
+    assert all(r["fraction_of_mm"] == r["gflops"] and r["gflops"] > 0 for r in rows)  # against --mm-gflops 1
     table = benchmark(plot.kernel_speedup_table, rows)
     assert "| 1 | 64 | 32/32/2/3 |" in table
     paths = plot.plot_kernels(rows, tmp_path, "kernels-test")

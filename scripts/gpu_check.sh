@@ -375,7 +375,7 @@ stage_bench_kernels() {
     local args dtypes rc=0
     if [ "$dry_run" = 1 ]; then
         args=(--device cpu --seq-lens 16 --batches 1 --dims 16,16,2,3 --include-interpreted
-              --warmup 1 --repeats 2 --min-time 0)
+              --warmup 1 --repeats 2 --min-time 0 --mm-gflops 0)
         dtypes=(fp32)
     else
         args=(--seq-lens 512 --batches 32 --dims 384,384,6,9)
