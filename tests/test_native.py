@@ -106,6 +106,24 @@ def test_every_cpu_instruction_set_matches_oracle(native, isa):
             check_span_backend("native", make_span_inputs(2, 37, 20, 24, 3, 8, with_mask=True, seed=3,
                                                           padding_l=0), dtype)
             check_dynamic_backend("native", (2, 37, 20, 24, 3, 8), dtype, with_mask=True, padding_l=7)
+        # bfloat16 in and out: the kernels compute in fp32 and their vectorised conversions round
+        # to bfloat16 bit for bit as torch does (NaN stays NaN)
+        import convbert_kernels as ck
+        g = torch.Generator().manual_seed(0)
+        v, lg = torch.randn(2, 37, 48, generator=g).bfloat16(), torch.randn(2, 37, 10, generator=g).bfloat16()
+        q, kc = torch.randn(2, 37, 40, generator=g).bfloat16(), torch.randn(2, 37, 40, generator=g).bfloat16()
+        w = (torch.randn(10, 40, generator=g) / 6).bfloat16()
+        with torch.no_grad():
+            pairs = [(ck.dynamic_conv(v, lg, 2, backend="native"),
+                      ck.dynamic_conv(v.float(), lg.float(), 2, backend="native")),
+                     (ck.span_dynamic_conv(q, kc, v, w, None, 2, backend="native"),
+                      ck.span_dynamic_conv(q.float(), kc.float(), v.float(), w.float(), None, 2, backend="native"))]
+            v[0, 5, 3] = float("nan")
+            with_nan = ck.dynamic_conv(v, lg, 2, backend="native")
+        for low, full in pairs:
+            assert torch.equal(low.view(torch.int16), full.bfloat16().view(torch.int16))
+        # K = 5 centred taps: value 5 is read by tokens 3..7, in its own channel only
+        assert with_nan[0, 3:8, 3].isnan().all() and with_nan.isnan().sum() == 5
         print("ok")
         """
     )
