@@ -285,10 +285,13 @@ def _read_shard_index(index: Path) -> dict[str, str]:
     return weight_map
 
 
-def _read_sharded(index: Path, read_shard) -> dict[str, np.ndarray]:
+def read_sharded(index: Path, read_shard) -> dict[str, Any]:
+    """Every tensor of the sharded checkpoint whose index file is ``index``, each shard read by
+    ``read_shard(path) -> {name: tensor}`` (NumPy here, torch in :mod:`convbert.pretrained`); refuses
+    shards outside the directory, missing, overlapping or not holding what the index says."""
     weight_map = _read_shard_index(index)
     directory = index.parent
-    state: dict[str, np.ndarray] = {}
+    state: dict[str, Any] = {}
     found_in: dict[str, str] = {}
     for shard in sorted(set(weight_map.values())):
         if not (directory / shard).is_file():
@@ -304,6 +307,18 @@ def _read_sharded(index: Path, read_shard) -> dict[str, np.ndarray]:
     return state
 
 
+def refuse_incomplete_save(directory: Path) -> None:
+    """Raise CheckpointError (quoting the marker's text) when ``directory`` holds an interrupted save."""
+    marker = directory / INCOMPLETE_SAVE_MARKER
+    if marker.exists():
+        try:
+            why = marker.read_text(errors="replace").strip()
+        except OSError:
+            why = ""
+        raise CheckpointError(f"{directory} holds an interrupted save ({INCOMPLETE_SAVE_MARKER}): its weights may "
+                              f"come from different steps, so they are not loaded. {why}".strip())
+
+
 def load_numpy_state_dict(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every weight of a checkpoint directory as NumPy arrays, in the PyTorch layout and names.
 
@@ -316,22 +331,15 @@ def load_numpy_state_dict(directory: str | os.PathLike) -> dict[str, np.ndarray]
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
-    marker = directory / INCOMPLETE_SAVE_MARKER
-    if marker.exists():
-        try:
-            why = marker.read_text(errors="replace").strip()
-        except OSError:
-            why = ""
-        raise CheckpointError(f"{directory} holds an interrupted save ({INCOMPLETE_SAVE_MARKER}): its weights may "
-                              f"come from different steps, so they are not loaded. {why}".strip())
+    refuse_incomplete_save(directory)
     if (directory / SAFE_WEIGHTS_NAME).is_file():
         return read_safetensors(directory / SAFE_WEIGHTS_NAME)
     if (directory / SAFE_WEIGHTS_INDEX_NAME).is_file():
-        return _read_sharded(directory / SAFE_WEIGHTS_INDEX_NAME, read_safetensors)
+        return read_sharded(directory / SAFE_WEIGHTS_INDEX_NAME, read_safetensors)
     if (directory / WEIGHTS_NAME).is_file():
         return read_torch_bin(directory / WEIGHTS_NAME)
     if (directory / WEIGHTS_INDEX_NAME).is_file():
-        return _read_sharded(directory / WEIGHTS_INDEX_NAME, read_torch_bin)
+        return read_sharded(directory / WEIGHTS_INDEX_NAME, read_torch_bin)
     raise FileNotFoundError(f"no weights in {directory}: expected {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME}, "
                             f"{WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}")
 

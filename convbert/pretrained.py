@@ -10,32 +10,28 @@ parameter of the model is an error. Nothing loaded can run code: safetensors, JS
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+# File names, the interrupted-save marker, the ignored buffers, the error type and the shard-index
+# reader are shared with the TensorFlow models' torch-free reader (callers import them from here too).
+from .checkpoint_numpy import (  # noqa: F401
+    IGNORED_KEYS,
+    INCOMPLETE_SAVE_MARKER,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    read_sharded,
+    refuse_incomplete_save,
+)
 from .configuration import ConvBertConfig
 
 logger = logging.getLogger("convbert")
-
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-WEIGHTS_NAME = "pytorch_model.bin"
-# Written by convbert-train while it moves a final model's files into place, removed when all are:
-# while it exists, the directory's files may come from different saves.
-INCOMPLETE_SAVE_MARKER = "FINAL_SAVE_INCOMPLETE"
-
-# Buffers that older checkpoints carry and this implementation derives instead.
-_IGNORED_KEYS = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into this model (wrong shapes, unreadable file)."""
 
 
 class LoadingInfo(dict):
@@ -65,46 +61,6 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"could not read weights from {path} (truncated or corrupt?): {exc}") from exc
 
 
-def _read_shard_index(directory: Path) -> dict[str, str]:
-    """The ``weight_map`` (tensor name -> shard file) of a sharded checkpoint, each shard confined to ``directory``.
-
-    Confinement is by name (no absolute path, no ``..``), not by resolving links, so a Hugging Face
-    cache snapshot whose files link into its ``blobs/`` folder still loads.
-    """
-    path = directory / SAFE_WEIGHTS_INDEX_NAME
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise CheckpointError(f"{path} is not a valid JSON file: {exc}") from exc
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict):
-        raise CheckpointError(f'{path} has no "weight_map" object (tensor name -> shard file)')
-    for name, shard in weight_map.items():
-        parts = Path(shard).parts if isinstance(shard, str) and shard else None
-        if not parts or Path(shard).is_absolute() or Path(shard).anchor or ".." in parts:
-            raise CheckpointError(f'{path}: "weight_map" entry {name!r} -> {shard!r} is not a file inside {directory}')
-    return weight_map
-
-
-def _read_sharded(directory: Path) -> dict[str, torch.Tensor]:
-    weight_map = _read_shard_index(directory)
-    index = directory / SAFE_WEIGHTS_INDEX_NAME
-    state: dict[str, torch.Tensor] = {}
-    found_in: dict[str, str] = {}
-    for shard in sorted(set(weight_map.values())):
-        if not (directory / shard).is_file():
-            raise CheckpointError(f"{index} lists shard {shard!r}, which is not in {directory}")
-        for name, tensor in _read_safetensors(directory / shard).items():
-            if name in found_in:
-                raise CheckpointError(f"{index}: tensor {name!r} is in two shards, {found_in[name]!r} and {shard!r}")
-            found_in[name] = shard
-            state[name] = tensor
-    for name, shard in weight_map.items():
-        if found_in.get(name) != shard:
-            raise CheckpointError(f"{index} puts tensor {name!r} in {shard!r}, but that shard does not hold it")
-    return state
-
-
 def load_state_dict_from_directory(directory: Path) -> dict[str, torch.Tensor]:
     """Read every weight of a checkpoint directory into CPU tensors.
 
@@ -113,18 +69,11 @@ def load_state_dict_from_directory(directory: Path) -> dict[str, torch.Tensor]:
     and when the directory is marked as an interrupted save (``FINAL_SAVE_INCOMPLETE``).
     """
     directory = Path(directory)
-    marker = directory / INCOMPLETE_SAVE_MARKER
-    if marker.exists():
-        try:
-            why = marker.read_text(errors="replace").strip()
-        except OSError:
-            why = ""
-        raise CheckpointError(f"{directory} holds an interrupted save ({INCOMPLETE_SAVE_MARKER}): its weights may "
-                              f"come from different steps, so they are not loaded. {why}".strip())
+    refuse_incomplete_save(directory)
     if (directory / SAFE_WEIGHTS_NAME).is_file():
         return _read_safetensors(directory / SAFE_WEIGHTS_NAME)
     if (directory / SAFE_WEIGHTS_INDEX_NAME).is_file():
-        return _read_sharded(directory)
+        return read_sharded(directory / SAFE_WEIGHTS_INDEX_NAME, _read_safetensors)
     if (directory / WEIGHTS_NAME).is_file():
         path = directory / WEIGHTS_NAME
         try:
@@ -240,7 +189,7 @@ class PreTrainedMixin:
         checkpoint_is_head = any(k.startswith(prefix) for k in state_dict)
         mapped = {}
         for key, value in state_dict.items():
-            if _IGNORED_KEYS.search(key):
+            if IGNORED_KEYS.search(key):
                 continue
             if model_is_head and not checkpoint_is_head:
                 key = prefix + key
