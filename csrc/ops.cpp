@@ -22,7 +22,6 @@
 #include <Python.h>
 
 #include <ATen/ATen.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -47,10 +46,6 @@ constexpr DeviceKernels kCpuKernels{window_forward_cpu, window_backward_cpu, spa
 constexpr DeviceKernels kCudaKernels{window_forward_cuda, window_backward_cuda, span_forward_cuda,
                                      span_backward_cuda};
 #endif
-
-// The kernels call ATen GEMMs internally on operands of a dtype they chose; under autocast that call would be re-dispatched through the Autocast key and come back in
-// the autocast dtype. The ops' inputs already share one dtype, so autocast has nothing to do here.
-#define CONVBERT_NO_AUTOCAST() const c10::impl::ExcludeDispatchKeyGuard no_autocast_(c10::autocast_dispatch_keyset)
 
 void check_float(const Tensor& t, const char* name) {
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating tensor, got ", t.scalar_type());
@@ -137,7 +132,6 @@ std::tuple<Tensor, Tensor> dynamic_fwd(const DeviceKernels& k, const Tensor& val
                                        int64_t num_heads, int64_t padding_l,
                                        const std::optional<Tensor>& padding_mask,
                                        const std::optional<Tensor>& seq_bounds, bool save_probs) {
-  CONVBERT_NO_AUTOCAST();
   check_float(values, "values");
   TORCH_CHECK(logits.dim() == 3 && logits.size(0) == values.size(0) && logits.size(1) == values.size(1),
               "logits must be [B, L, n*K] with the values' B and L");
@@ -162,7 +156,6 @@ std::tuple<Tensor, Tensor> dynamic_bwd(const DeviceKernels& k, const Tensor& gra
                                        const Tensor& probs, int64_t num_heads, int64_t padding_l,
                                        const std::optional<Tensor>& padding_mask,
                                        const std::optional<Tensor>& seq_bounds) {
-  CONVBERT_NO_AUTOCAST();
   check_float(values, "values");
   TORCH_CHECK(probs.dim() == 4, "probs must be [B, L, n, K], got ", probs.sizes(),
               " (run the forward with save_probs=True)");
@@ -204,7 +197,6 @@ std::tuple<Tensor, Tensor> span_fwd(const DeviceKernels& k, const Tensor& query,
                                     const Tensor& values, const Tensor& weight, const std::optional<Tensor>& bias,
                                     int64_t num_heads, int64_t padding_l, const std::optional<Tensor>& padding_mask,
                                     const std::optional<Tensor>& seq_bounds, bool save_probs) {
-  CONVBERT_NO_AUTOCAST();
   check_span(query, key_conv, values, weight, bias, num_heads, padding_l);
   const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
   const Tensor v = values.contiguous();
@@ -228,7 +220,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> span_bwd(const DeviceKernels&
                                                             int64_t padding_l,
                                                             const std::optional<Tensor>& padding_mask,
                                                             const std::optional<Tensor>& seq_bounds) {
-  CONVBERT_NO_AUTOCAST();
   check_span(query, key_conv, values, weight, std::nullopt, num_heads, padding_l);
   const int64_t B = values.size(0), L = values.size(1), A = query.size(2), R = weight.size(0);
   const Tensor p = check_probs(probs, values, num_heads, R / num_heads);

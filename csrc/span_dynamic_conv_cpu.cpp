@@ -225,11 +225,14 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2), A = query.size(1);
   const int64_t n = num_heads, d = C / n, R = weight.size(0), K = R / n, N = B * L, Ap = gemm_padded(A);
   const auto acc = acc_dtype_for(values.scalar_type());
-  const int64_t ranges = std::max<int64_t>(1, num_ranges(N));
-  at::Tensor weight_p = at::zeros({R, Ap}, values.options().dtype(acc));
+  const auto acc_options = values.options().dtype(acc);
+  if (N == 0) return {at::zeros({R, A}, acc_options), at::zeros({R}, acc_options)};
+  const int64_t ranges = num_ranges(N);
+  at::Tensor weight_p = at::zeros({R, Ap}, acc_options);
   weight_p.narrow(1, 0, A).copy_(weight);
-  at::Tensor dw_part = at::zeros({ranges, R, Ap}, weight_p.options());
-  at::Tensor db_part = at::zeros({ranges, R}, weight_p.options());
+  // every range writes its partials in full (span_backward_range)
+  at::Tensor dw_part = at::empty({ranges, R, Ap}, acc_options);
+  at::Tensor db_part = at::empty({ranges, R}, acc_options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "span_backward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     const scalar_t* g = grad_out.data_ptr<scalar_t>();
