@@ -344,11 +344,12 @@ def load_numpy_state_dict(directory: str | os.PathLike) -> dict[str, np.ndarray]
                             f"{WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}")
 
 
-def map_checkpoint_keys(state: dict[str, np.ndarray], model_keys, prefix: str = "convbert") -> dict[str, np.ndarray]:
+def map_checkpoint_keys(state: dict[str, Any], model_keys, prefix: str = "convbert") -> dict[str, Any]:
     """Add or strip the backbone ``prefix`` (``convbert.``) so a checkpoint's keys name ``model_keys``.
 
     A head model's keys carry the prefix and a bare backbone's do not; either checkpoint loads into
-    either model. The derived ``embeddings.position_ids`` / ``token_type_ids`` buffers are dropped.
+    either model. The values pass through untouched (NumPy arrays here, torch tensors in
+    :mod:`convbert.pretrained`). The derived ``embeddings.position_ids`` / ``token_type_ids`` buffers are dropped.
     """
     prefix = prefix + "."
     model_is_head = any(k.startswith(prefix) for k in model_keys)

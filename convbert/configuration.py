@@ -283,6 +283,19 @@ class ConvBertConfig:
         out.update({k: copy.deepcopy(getattr(self, k)) for k in self._extra})
         return dict(sorted(out.items()))
 
+    def apply_overrides(self, **overrides: Any) -> "ConvBertConfig":
+        """Set config keys in place (``from_pretrained(..., config=c, **overrides)``), then validate.
+
+        Raises ValueError for a key that would hide a property or method, or a value of the wrong
+        type or range.
+        """
+        for key, value in overrides.items():
+            if key.startswith("__") or key == "_extra" or callable(getattr(type(self), key, None)):
+                raise ValueError(f"config key {key!r} is reserved: it would hide ConvBertConfig.{key}")
+            setattr(self, key, value)
+        self.validate()
+        return self
+
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 

@@ -737,6 +737,14 @@ class TFConvBertPreTrainedModel(keras.Model):
         given = [inputs[name] is not None for name in self.label_names]
         return all(given)
 
+    def _token_loss(self, inputs, logits):
+        """The per-token loss over the labels that are not -100 (shape (n,), as transformers' TF heads),
+        or None without labels: masked LM and token classification."""
+        if not self._labels_given(inputs):
+            return None
+        values, weights = self._loss_terms({"logits": logits}, inputs)[0]
+        return tf.boolean_mask(values, weights > 0)
+
     # ---- Keras training ---------------------------------------------------------------------------
 
     def _split_data(self, data):
@@ -888,12 +896,7 @@ class TFConvBertPreTrainedModel(keras.Model):
         if config is None:
             config = ConvBertConfig.from_pretrained(directory, **config_overrides)
         else:
-            config = copy.deepcopy(config)
-            for key, value in config_overrides.items():
-                if key.startswith("__") or key == "_extra" or callable(getattr(type(config), key, None)):
-                    raise ValueError(f"config key {key!r} is reserved: it would hide ConvBertConfig.{key}")
-                setattr(config, key, value)
-            config.validate()
+            config = copy.deepcopy(config).apply_overrides(**config_overrides)
         state_dict = load_numpy_state_dict(directory)
         model = cls(config)
         try:
@@ -1058,10 +1061,7 @@ class TFConvBertForMaskedLM(_HeadModel):
         last, hidden_states, attentions = self._backbone(inputs, training)
         logits = tf.matmul(self.generator_predictions(last), self._output_weight(), transpose_b=True)
         logits = logits + self.generator_lm_head_bias
-        loss = None
-        if self._labels_given(inputs):
-            values, weights = self._loss_terms({"logits": logits}, inputs)[0]
-            loss = tf.boolean_mask(values, weights > 0)
+        loss = self._token_loss(inputs, logits)
         return self._finish(TFMaskedLMOutput, inputs, loss=loss, logits=logits, hidden_states=hidden_states,
                             attentions=attentions)
 
@@ -1232,10 +1232,7 @@ class TFConvBertForTokenClassification(_HeadModel):
     def _head_call(self, inputs, training):
         last, hidden_states, attentions = self._backbone(inputs, training)
         logits = self.classifier(_dropout(last, self._classifier_dropout(), training))
-        loss = None
-        if self._labels_given(inputs):
-            values, weights = self._loss_terms({"logits": logits}, inputs)[0]
-            loss = tf.boolean_mask(values, weights > 0)
+        loss = self._token_loss(inputs, logits)
         return self._finish(TFTokenClassifierOutput, inputs, loss=loss, logits=logits, hidden_states=hidden_states,
                             attentions=attentions)
 

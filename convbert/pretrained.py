@@ -20,12 +20,12 @@ import torch
 # File names, the interrupted-save marker, the ignored buffers, the error type and the shard-index
 # reader are shared with the TensorFlow models' torch-free reader (callers import them from here too).
 from .checkpoint_numpy import (  # noqa: F401
-    IGNORED_KEYS,
     INCOMPLETE_SAVE_MARKER,
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
     WEIGHTS_NAME,
     CheckpointError,
+    map_checkpoint_keys,
     read_sharded,
     refuse_incomplete_save,
 )
@@ -162,11 +162,7 @@ class PreTrainedMixin:
         if config is None:
             config = ConvBertConfig.from_pretrained(directory, **config_overrides)
         else:
-            for key, value in config_overrides.items():
-                if key.startswith("__") or key == "_extra" or callable(getattr(type(config), key, None)):
-                    raise ValueError(f"config key {key!r} is reserved: it would hide ConvBertConfig.{key}")
-                setattr(config, key, value)
-            config.validate()
+            config.apply_overrides(**config_overrides)
         if dtype is not None and dtype != "auto":
             dtype = _float_dtype(dtype, "dtype")  # a bad dtype fails before the weights are read
         state_dict = load_state_dict_from_directory(directory)
@@ -184,19 +180,7 @@ class PreTrainedMixin:
 
     def _map_checkpoint_keys(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Add or strip the ``convbert.`` prefix so the checkpoint's keys name this model's parameters."""
-        prefix = self.base_model_prefix + "."
-        model_is_head = any(k.startswith(prefix) for k in self.state_dict())
-        checkpoint_is_head = any(k.startswith(prefix) for k in state_dict)
-        mapped = {}
-        for key, value in state_dict.items():
-            if IGNORED_KEYS.search(key):
-                continue
-            if model_is_head and not checkpoint_is_head:
-                key = prefix + key
-            elif not model_is_head and checkpoint_is_head and key.startswith(prefix):
-                key = key[len(prefix):]
-            mapped[key] = value
-        return mapped
+        return map_checkpoint_keys(state_dict, self.state_dict(), self.base_model_prefix)
 
     def load_pretrained_state_dict(self, state_dict: dict[str, torch.Tensor]) -> LoadingInfo:
         """Load Hugging Face-layout weights; check everything first so a failure changes nothing."""
