@@ -12,6 +12,11 @@ Modes
     backward  ``out.backward(grad)`` of one retained forward (gradients reset between calls)
     full      forward + backward
 
+On the CPU the providers of a case are timed in alternation, call by call, mode by mode
+(``common.time_cpu_interleaved``; ``--no-interleave`` times them one after the other): a shared
+machine's speed drifts by tens of percent over seconds, and alternation lets the drift fall on all
+providers alike.
+
 Every measurement is one JSON line in ``benchmarks/results/kernels-<device>.jsonl`` with the
 device, dtype, shapes, versions and git commit (see ``benchmarks/common.py`` for the timing and
 memory methods), and a speed-up table is printed at the end. Achieved bandwidth is given against
@@ -199,17 +204,29 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(case: Case, name: str, op, device: torch.device, modes, args) -> list[dict]:
-    inputs, grad = make_inputs(case, device)
-    rows = []
-    base = dict(bench="kernel", provider=name, **asdict(case), **common.environment(device))
+@dataclass
+class Prepared:
+    """One provider's state for one case: its inputs, after the first call."""
+    name: str
+    op: object
+    inputs: tuple
+    grad: torch.Tensor
+    base: dict  # the fields every row of this provider and case carries
+    first_call_ms: float
+    saved_bytes: int | None
 
+
+def prepare(case: Case, name: str, op, device: torch.device) -> Prepared | dict:
+    """The provider's inputs after one forward + backward (which compiles / autotunes / JIT-builds),
+    or, when that call fails, the error text."""
+    inputs, grad = make_inputs(case, device)
+    base = dict(bench="kernel", provider=name, **asdict(case), **common.environment(device))
     t0 = time.perf_counter()
     try:
-        op(*inputs, case.heads).backward(grad)  # first call: compiles / autotunes / JIT-builds
+        op(*inputs, case.heads).backward(grad)
         _sync(device)
     except Exception as exc:  # noqa: BLE001 -- a provider that cannot run this case is a row too
-        return [dict(base, mode=m, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300]) for m in modes]
+        return dict(base, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
     first_call_ms = (time.perf_counter() - t0) * 1e3
     for t in inputs:
         t.grad = None
@@ -217,44 +234,99 @@ def measure(case: Case, name: str, op, device: torch.device, modes, args) -> lis
         saved = common.saved_bytes(lambda: op(*inputs, case.heads))
     except Exception:  # noqa: BLE001
         saved = None
+    return Prepared(name, op, inputs, grad, base, first_call_ms, saved)
 
-    for mode in modes:
-        row = dict(base, mode=mode, first_call_ms=first_call_ms, saved_bytes=saved,
-                   floor_bytes=case.floor_bytes(mode))
+
+def _timings(prepared: list[Prepared], fns: dict, device: torch.device, args) -> dict[str, dict | Exception]:
+    """name -> time_fn's summary, or the exception the provider raised. On the CPU the providers
+    are timed in alternation (common.time_cpu_interleaved: drift of a shared machine falls on all
+    alike), each for at least --min-time; if one fails there, each is timed alone."""
+    grads = {p.name: p.inputs for p in prepared}
+    if device.type == "cpu" and args.interleave and len(fns) > 1:
         try:
-            fn = mode_fn(op, inputs, grad, case.heads, mode)
-            row.update(common.time_fn(fn, device, grad_to_none=inputs, cpu_warmup=args.warmup,
-                                      cpu_repeats=args.repeats, cpu_min_time_s=args.min_time))
-            for t in inputs:
-                t.grad = None
-            row["peak_bytes"] = common.peak_bytes(fn, device)
-            for t in inputs:
-                t.grad = None
-            row["effective_gbps"] = row["floor_bytes"] / (row["median_ms"] * 1e-3) / 1e9
-            row["flops"] = case.flops(mode)
-            row["gflops"] = row["flops"] / (row["median_ms"] * 1e-3) / 1e9
-            mm_gflops = getattr(args, "mm_gflops", None)
-            if mm_gflops:  # the op's arithmetic rate against a large torch.mm's on this device, this thread count
-                row["mm_gflops"] = mm_gflops
-                row["fraction_of_mm"] = row["gflops"] / mm_gflops
-            peak = args.peak_gbps or _peak_gbps(device)
-            if peak:
-                row["peak_gbps"] = peak
-                row["fraction_of_floor"] = row["effective_gbps"] / peak
-            copy_gbps = getattr(args, "copy_gbps", None)
-            if copy_gbps:
-                row["copy_gbps"] = copy_gbps
-                row["fraction_of_copy"] = row["effective_gbps"] / copy_gbps
-        except Exception as exc:  # noqa: BLE001
+            return common.time_cpu_interleaved(fns, warmup=args.warmup, repeats=args.repeats,
+                                               min_time_s=args.min_time * len(fns), grad_to_none=grads)
+        except Exception:  # noqa: BLE001 -- find which one fails, below
             if args.verbose:
                 traceback.print_exc()
-            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        finally:
-            fn = None
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        rows.append(row)
-    return rows
+    out = {}
+    for name, fn in fns.items():
+        try:
+            out[name] = common.time_fn(fn, device, grad_to_none=grads[name], cpu_warmup=args.warmup,
+                                       cpu_repeats=args.repeats, cpu_min_time_s=args.min_time)
+        except Exception as exc:  # noqa: BLE001
+            out[name] = exc
+    return out
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def measure_case(case: Case, provs: dict, device: torch.device, modes, args) -> list[dict]:
+    """Every provider's rows for one case, mode by mode (providers in PROVIDER_ORDER, modes in turn)."""
+    rows: dict[str, list[dict]] = {name: [] for name in provs}
+    prepared = []
+    for name, op in provs.items():
+        p = prepare(case, name, op, device)
+        if isinstance(p, dict):
+            rows[name] = [dict(p, mode=m) for m in modes]
+        else:
+            prepared.append(p)
+    for mode in modes:
+        fns, ready = {}, []
+        for p in prepared:
+            row = dict(p.base, mode=mode, first_call_ms=p.first_call_ms, saved_bytes=p.saved_bytes,
+                       floor_bytes=case.floor_bytes(mode))
+            try:
+                fns[p.name] = mode_fn(p.op, p.inputs, p.grad, case.heads, mode)
+                ready.append((p, row))
+            except Exception as exc:  # noqa: BLE001
+                rows[p.name].append(dict(row, error=_error(exc)))
+        timings = _timings([p for p, _ in ready], fns, device, args)
+        for p, row in ready:
+            timing = timings[p.name]
+            try:
+                if isinstance(timing, Exception):
+                    raise timing
+                row.update(timing)
+                _reset(p.inputs)
+                row["peak_bytes"] = common.peak_bytes(fns[p.name], device)
+                _reset(p.inputs)
+                _rates(row, case, mode, device, args)
+            except Exception as exc:  # noqa: BLE001
+                if args.verbose:
+                    traceback.print_exc()
+                row["error"] = _error(exc)
+            rows[p.name].append(row)
+        fns = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return [row for name in provs for row in rows[name]]
+
+
+def _reset(inputs) -> None:
+    for t in inputs:
+        t.grad = None
+
+
+def _rates(row: dict, case: Case, mode: str, device: torch.device, args) -> None:
+    """The rows' derived figures: bandwidth and arithmetic rates, and their fractions of the ceilings."""
+    row["effective_gbps"] = row["floor_bytes"] / (row["median_ms"] * 1e-3) / 1e9
+    row["flops"] = case.flops(mode)
+    row["gflops"] = row["flops"] / (row["median_ms"] * 1e-3) / 1e9
+    mm_gflops = getattr(args, "mm_gflops", None)
+    if mm_gflops:  # the op's arithmetic rate against a large torch.mm's on this device, this thread count
+        row["mm_gflops"] = mm_gflops
+        row["fraction_of_mm"] = row["gflops"] / mm_gflops
+    peak = args.peak_gbps or _peak_gbps(device)
+    if peak:
+        row["peak_gbps"] = peak
+        row["fraction_of_floor"] = row["effective_gbps"] / peak
+    copy_gbps = getattr(args, "copy_gbps", None)
+    if copy_gbps:
+        row["copy_gbps"] = copy_gbps
+        row["fraction_of_copy"] = row["effective_gbps"] / copy_gbps
 
 
 def _peak_gbps(device: torch.device) -> float | None:
@@ -290,7 +362,10 @@ def parse_args(argv=None):
     p.add_argument("--include-interpreted", action="store_true", help="time triton on CPU via the interpreter")
     p.add_argument("--warmup", type=int, default=2, help="CPU warm-up calls (GPU: do_bench's 25 ms)")
     p.add_argument("--repeats", type=int, default=7, help="CPU timed calls at least")
-    p.add_argument("--min-time", type=float, default=0.5, help="CPU: keep timing until this many seconds")
+    p.add_argument("--min-time", type=float, default=0.5,
+                   help="CPU: keep timing until this many seconds (per provider)")
+    p.add_argument("--no-interleave", dest="interleave", action="store_false",
+                   help="CPU: time the providers one after the other, not in alternation (common.time_cpu_interleaved)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     p.add_argument("--peak-gbps", type=float, default=None, help="DRAM bandwidth for fraction_of_floor")
     p.add_argument("--copy-gbps", type=float, default=None,
@@ -347,13 +422,12 @@ def main(argv=None) -> list[dict]:
     out_path = Path(args.out) if args.out else common.results_path("kernels", device)
     all_rows = []
     for case in cases:
-        for name, op in provs.items():
-            rows = measure(case, name, op, device, spec["modes"], args)
-            for row in rows:
-                print(_line(row), flush=True)
-            if not args.no_save:
-                common.append_rows(out_path, rows)
-            all_rows.extend(rows)
+        rows = measure_case(case, provs, device, spec["modes"], args)
+        for row in rows:
+            print(_line(row), flush=True)
+        if not args.no_save:
+            common.append_rows(out_path, rows)
+        all_rows.extend(rows)
     from benchmarks import plot
 
     print()

@@ -174,6 +174,38 @@ def time_cpu(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7, min
     return dict(summarize(times), clock=clock)
 
 
+def time_cpu_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 2, repeats: int = 7,
+                         min_time_s: float = 0.0, max_time_s: float = 120.0,
+                         grad_to_none: dict[str, Sequence[torch.Tensor]] | None = None,
+                         clock: str = "auto") -> dict[str, dict]:
+    """``time_cpu`` for several callables at once, timed in alternation: round after round, one call
+    of each (in turn order, rotated each round). A shared machine's speed drifts by tens of percent
+    over seconds (other tenants' memory traffic); timed one after the other, one provider could get
+    the quiet minute and the next the busy one. Alternated, drift falls on all of them alike, and the
+    medians compare like with like. Returns name -> the summary ``time_cpu`` returns."""
+    clock, now = cpu_clock(clock)
+    names = list(fns)
+    grads = grad_to_none or {}
+    for _ in range(warmup):
+        for name in names:
+            _reset_grads(grads.get(name))
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < repeats or (time.perf_counter() - start < min_time_s):
+        order = names[rounds % len(names):] + names[:rounds % len(names)]
+        for name in order:
+            _reset_grads(grads.get(name))
+            t0 = now()
+            fns[name]()
+            times[name].append((now() - t0) * 1e3)
+        rounds += 1
+        if time.perf_counter() - start > max_time_s and rounds >= 3:
+            break
+    return {name: dict(summarize(times[name]), clock=clock, interleaved_with=len(names) - 1) for name in names}
+
+
 def time_cuda(fn: Callable[[], object], *, warmup_ms: int = 25, rep_ms: int = 100,
               grad_to_none: Sequence[torch.Tensor] | None = None) -> dict:
     """GPU time of ``fn()`` per call, in ms, from CUDA events via ``triton.testing.do_bench``."""
