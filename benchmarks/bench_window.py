@@ -7,13 +7,16 @@ Two ops, each at two window offsets (``padding_l``): ``centred`` = ``(K - 1) // 
 ``dynamic_conv``  ``convbert_kernels.dynamic_conv(values, logits, n, padding_l=...)``: one kernel
     per token and head. Providers: every backend ``available_backends(device)`` lists (reference =
     Hugging Face's unfold, eager, native; triton on CUDA only: on CPU it is the slow interpreter),
-    and ``fairseq-unfold``: fairseq's CPU path (``DynamicConv1dTBC._forward_unfolded``) written here
+    ``compiled-eager``: ``torch.compile`` of the eager backend's ``dynamic_conv`` (what a user gets
+    from compiling the pure-PyTorch path, the bar a hand-written kernel has to clear), and
+    ``fairseq-unfold``: fairseq's CPU path (``DynamicConv1dTBC._forward_unfolded``) written here
     from its definition: pad the sequence by ``padding_l`` on the left and ``K - 1 - padding_l`` on
     the right, unfold it into ``[B, L, C, K]`` windows, softmax the taps and contract over K
     (``torch.einsum``, a batched matmul).
 ``LightweightConv1d``  one softmaxed kernel per head (``weight [n, K]``) shared by every position.
     Providers: ``module:<backend>`` = ``convbert_kernels.LightweightConv1d(..., backend=<backend>)``
-    (it passes the op an expanded, stride-0 view of the kernel); ``fairseq-unfold`` (fairseq's
+    (it passes the op an expanded, stride-0 view of the kernel); ``module:compiled-eager`` =
+    ``torch.compile`` of the ``backend="eager"`` module; ``fairseq-unfold`` (fairseq's
     ``LightweightConv1dTBC._forward_unfolded``: the shared softmaxed kernel against the unfolded
     windows); ``conv1d``: ``F.conv1d(groups=C)`` with the softmaxed kernel repeated per channel,
     input ``[B, L, C]`` transposed to channels-first and the output transposed back to a contiguous
@@ -23,6 +26,17 @@ Two ops, each at two window offsets (``padding_l``): ``centred`` = ``(K - 1) // 
 
 Modes: ``forward`` and ``full`` (forward + backward, every input's gradient: values and logits,
 or x and the kernel weight; gradients reset between calls).
+
+The compiled providers (``COMPILED_PROVIDERS``) use ``torch.compile(fullgraph=True)``, their
+graphs kept for the process on the compiled code object (a graph break or dynamo's recompile limit
+raises, and the case is an error row, rather than eager being timed under the compiled name);
+shapes, and the function's ``padding_l`` argument, turn dynamic at their first recompile, as
+torch.compile does by default; K (the eager backend loops over the taps) and the module's
+``padding_l`` (an attribute) take a graph each. Their first call on a case, which compiles when no
+graph yet fits its shapes, is made before the checked call and is not timed (``compile_s`` in the
+rows: that call's seconds). They are default providers in every preset but ``quick``, whose
+``without`` key leaves them out of its default provider set: compiling for each of its K, window
+and L would add minutes to the CI run on 2 cores; ``--providers`` naming them runs them there too.
 
 Before any timing, every provider's output and gradients on the benchmarked inputs are compared
 with a float64 oracle: the reference backend in float64 on the last batch elements whose unfolded
@@ -63,6 +77,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -92,20 +107,27 @@ BASELINE = "fairseq-unfold"
 BACKEND_ORDER = ("reference", "eager", "triton", "native")
 # Per op, the providers in table order (those not available on the device are left out).
 PROVIDER_ORDER = {
-    "dynamic_conv": (BASELINE, "reference", "eager", "triton", "native"),
-    "LightweightConv1d": (BASELINE, "conv1d", "conv1d-BCL", "module:eager", "module:triton", "module:native"),
+    "dynamic_conv": (BASELINE, "reference", "eager", "compiled-eager", "triton", "native"),
+    "LightweightConv1d": (BASELINE, "conv1d", "conv1d-BCL", "module:eager", "module:compiled-eager", "module:triton",
+                          "module:native"),
 }
+# torch.compile of a backend's path: name -> the backend compiled (it must be available on the device)
+COMPILED_PROVIDERS = {"compiled-eager": "eager", "module:compiled-eager": "eager"}
 UNFOLD_PROVIDERS = {"fairseq-unfold", "reference"}  # materialise [B, L, C, K]
-# On the fused kernels; every other provider is skipped at larger L once a call passes --max-call-s.
+# On the fused kernels; every other provider (the compiled ones too: inductor generates the eager
+# backend's math, not the fused kernels) is skipped at larger L once a call passes --max-call-s.
 FUSED_PROVIDERS = {"native", "triton", "module:native", "module:triton"}
 # dtype -> (largest |out - oracle|, largest |grad - oracle grad| / max |oracle grad|)
 TOLERANCE = {"fp32": (1e-4, 1e-4), "fp64": (1e-10, 1e-10), "bf16": (5e-2, 5e-2), "fp16": (1e-2, 1e-2)}
 
 PRESETS = {
-    # tiny shapes, every op, window and provider: well under a minute on 2 cores (the test's run)
+    # tiny shapes, every op, window and provider but the compiled ones (``without``: providers left out
+    # unless --providers names them; compiling for each K, window and L would take minutes on 2 cores):
+    # well under a minute on 2 cores (the test's run)
     "quick": dict(cpu=dict(batch=2, C=32, heads=4, kernel_sizes=[3, 7], seq_lens=[16, 64], dtype="fp32",
-                           target_s=0.05),
-                  cuda=dict(batch=2, C=64, heads=4, kernel_sizes=[3, 7], seq_lens=[64, 256], dtype="fp32")),
+                           target_s=0.05, without=sorted(COMPILED_PROVIDERS)),
+                  cuda=dict(batch=2, C=64, heads=4, kernel_sizes=[3, 7], seq_lens=[64, 256], dtype="fp32",
+                            without=sorted(COMPILED_PROVIDERS))),
     # the committed CPU sweep (issue 13.5): ConvBERT-like width, Pay-Less-Attention kernel sizes; one
     # torch thread timed by its CPU clock (common.time_cpu), as the kernel sweep: on 2 cores shared
     # with other jobs, waiting for a core is not counted
@@ -231,6 +253,24 @@ def _leaf(t: torch.Tensor, dtype) -> torch.Tensor:
     return t.detach().to(dtype).clone().requires_grad_(True)
 
 
+def _compile(fn):
+    """``torch.compile(fn, fullgraph=True)``: with a graph break, or past dynamo's recompile limit (8
+    graphs per code object; the presets' sweeps take about one per K and window offset), it raises
+    instead of quietly running eager, which would then be timed as the compiled provider.
+    No ``donated_buffer = False`` (bench_kernels needs it for its backward mode, which replays one
+    graph with retain_graph=True): here every backward follows its own forward."""
+    return torch.compile(fn, fullgraph=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_dynamic_conv():
+    """The ``compiled-eager`` function, compiled once per process (dynamo keeps a graph per shape
+    class on the function's code object; a new ``torch.compile`` wrapper would not start afresh)."""
+    from convbert_kernels import eager
+
+    return _compile(eager.dynamic_conv)
+
+
 def build_runner(name: str, case: Case, inputs: dict, dtype: torch.dtype) -> Runner:
     n, pl = case.heads, case.padding_l
     grad = inputs["grad"].to(dtype)
@@ -239,17 +279,23 @@ def build_runner(name: str, case: Case, inputs: dict, dtype: torch.dtype) -> Run
         leaves = [values, logits]
         if name == BASELINE:
             fwd = lambda: fairseq_unfold_dynamic(values, logits, n, pl)  # noqa: E731
+        elif name == "compiled-eager":
+            fwd = lambda: _compiled_dynamic_conv()(values, logits, n, pl)  # noqa: E731
         else:
             fwd = lambda: convbert_kernels.dynamic_conv(values, logits, n, padding_l=pl, backend=name)  # noqa: E731
         return Runner(fwd, leaves, grad, grads=lambda: (values.grad, logits.grad))
 
     x, weight = _leaf(inputs["x"], dtype), _leaf(inputs["weight"], dtype)
     if name.startswith("module:"):
-        module = convbert_kernels.LightweightConv1d(case.C, case.K, n, padding_l=pl, backend=name.split(":", 1)[1])
+        backend = COMPILED_PROVIDERS.get(name, name.split(":", 1)[1])
+        module = convbert_kernels.LightweightConv1d(case.C, case.K, n, padding_l=pl, backend=backend)
         module = module.to(device=x.device, dtype=dtype).train()
         with torch.no_grad():
             module.weight.copy_(weight)
-        return Runner(lambda: module(x), [x, module.weight], grad, grads=lambda: (x.grad, module.weight.grad))
+        # a fresh wrapper per case costs nothing: the graphs live on the forward's code object, and the
+        # parameters are graph inputs, so a new module of an already compiled shape is not recompiled
+        call = _compile(module) if name in COMPILED_PROVIDERS else module
+        return Runner(lambda: call(x), [x, module.weight], grad, grads=lambda: (x.grad, module.weight.grad))
     if name == BASELINE:
         return Runner(lambda: fairseq_unfold_lightweight(x, weight, n, pl), [x, weight], grad,
                       grads=lambda: (x.grad, weight.grad))
@@ -263,17 +309,18 @@ def build_runner(name: str, case: Case, inputs: dict, dtype: torch.dtype) -> Run
     raise ValueError(f"unknown provider {name!r} for {case.op}")
 
 
-def providers(device: torch.device, ops=OPS, wanted=None) -> dict[str, list[str]]:
-    """op -> provider names available on ``device`` (triton only on CUDA: on CPU it is the interpreter)."""
+def providers(device: torch.device, ops=OPS, wanted=None, without=()) -> dict[str, list[str]]:
+    """op -> provider names available on ``device`` (triton only on CUDA: on CPU it is the interpreter):
+    those in ``wanted`` if given, else all but those in ``without`` (a preset's)."""
     backends = [b for b in convbert_kernels.available_backends(device) if b != "triton" or device.type == "cuda"]
     found = {}
     for op in ops:
         names = []
         for name in PROVIDER_ORDER[op]:
-            backend = name.split(":", 1)[1] if name.startswith("module:") else name
+            backend = COMPILED_PROVIDERS.get(name) or (name.split(":", 1)[1] if name.startswith("module:") else name)
             if backend in BACKEND_ORDER and backend not in backends:
                 continue
-            if wanted and name not in wanted:
+            if (wanted and name not in wanted) or (not wanted and name in without):
                 continue
             names.append(name)
         found[op] = names
@@ -401,6 +448,18 @@ def measure(case: Case, name: str, runner: Runner, expected: Oracle, device: tor
             out.backward(runner.grad_out)
         _sync(device)
 
+    if name in COMPILED_PROVIDERS:  # compile first: else the compilation would be in the first call's
+        # time (which sizes the warm-up and repetitions) and in its peak memory
+        reset()
+        t0 = time.perf_counter()
+        try:
+            first_call()
+        except Exception as exc:  # noqa: BLE001 -- a graph that does not compile is a row too
+            if args.verbose:
+                traceback.print_exc()
+            return [dict(row0, mode=m, error=_error(exc)) for m in modes]
+        row0["compile_s"] = time.perf_counter() - t0
+        box.pop("out")
     reset()
     t0 = time.perf_counter()
     try:  # on the CPU, the first call also gives the peak memory of forward + backward
@@ -642,7 +701,7 @@ def main(argv=None) -> list[dict]:
         bad = [v for v in values if v not in allowed]
         if bad:
             raise SystemExit(f"unknown {name} {bad}; one of {list(allowed)}")
-    provs = providers(device, ops, args.providers)
+    provs = providers(device, ops, args.providers, spec.get("without", ()))
     dtype = common.dtype_from_name(spec["dtype"])
     cases = cases_from(spec, ops, windows)
     memory_note = ("peak memory: torch.cuda.max_memory_allocated" if device.type == "cuda" else
@@ -718,7 +777,7 @@ def main(argv=None) -> list[dict]:
 
 def _line(row: dict) -> str:
     shape = f"{row['op']:>17} {row['window']:>7} K={row['K']:<2} L={row['seq_len']:<5}"
-    head = f"{row['provider']:>14} {row['mode']:>7} {shape}"
+    head = f"{row['provider']:>21} {row['mode']:>7} {shape}"
     if "skipped" in row:
         return f"{head}: skipped ({row['skipped']})"
     if "error" in row:

@@ -114,7 +114,10 @@ def test_window_quick_preset(benchmark, device, tmp_path):
     out = tmp_path / "window-test.jsonl"
     rows = bench_window.main(["--preset", "quick", "--device", str(device), "--out", str(out),
                               "--repeats", "2", "--target-s", "0"])
-    expected = {(op, p) for op, names in bench_window.providers(device).items() for p in names}
+    every = bench_window.providers(device)
+    # the compiled providers are default elsewhere, but the quick preset leaves them out (minutes of compiling)
+    assert set(bench_window.COMPILED_PROVIDERS) <= {p for names in every.values() for p in names}
+    expected = {(op, p) for op, names in every.items() for p in names if p not in bench_window.COMPILED_PROVIDERS}
     assert {(r["op"], r["provider"]) for r in rows} == expected
     assert {"fairseq-unfold", "conv1d", "conv1d-BCL"} <= {p for _, p in expected}
     assert {(r["window"], r["mode"]) for r in rows} == {
@@ -129,6 +132,51 @@ def test_window_quick_preset(benchmark, device, tmp_path):
     tables = benchmark(bench_window.window_tables, rows)
     assert "| causal (6) | 7 | 64 |" in tables and "LightweightConv1d, forward + backward" in tables
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op, window, compiled, plain", [
+    ("dynamic_conv", "causal", "compiled-eager", "eager"),
+    ("LightweightConv1d", "centred", "module:compiled-eager", "module:eager"),
+])
+def test_window_compiled_eager(device, op, window, compiled, plain):
+    """A compiled provider named by --providers: compiled (untimed) before its checked call, it passes
+    the float64 oracle check and has a time per mode, like the eager provider beside it (one tiny case:
+    the quick preset leaves the compiled providers out)."""
+    import math
+
+    from benchmarks import bench_window
+
+    rows = bench_window.main(["--device", str(device), "--batch", "2", "--channels", "32", "--heads", "4",
+                              "--kernel-sizes", "3", "--seq-lens", "16", "--dtype", "fp32", "--ops", op,
+                              "--windows", window, "--providers", f"{compiled},{plain}", "--repeats", "2",
+                              "--target-s", "0", "--no-save"])
+    assert {(r["provider"], r["mode"]) for r in rows} == {(p, m) for p in (compiled, plain)
+                                                          for m in bench_window.MODES}
+    for r in rows:
+        assert "error" not in r and "skipped" not in r, r
+        assert math.isfinite(r["median_ms"]) and r["median_ms"] > 0, r
+        assert r["fwd_err"] <= r["fwd_tol"] and r["grad_err"] <= r["grad_tol"], r
+        assert ("compile_s" in r) == (r["provider"] == compiled), r
+    assert compiled in bench_window.window_tables(rows)
+
+
+def test_window_compiled_providers_by_preset(device):
+    """The compiled providers are default on the command line and in the real presets; the quick
+    preset's ``without`` leaves them out unless --providers names them."""
+    from benchmarks import bench_window
+
+    def chosen(argv):
+        args = bench_window.parse_args(argv)
+        spec = bench_window.build_spec(args, device)
+        return {p for names in bench_window.providers(device, wanted=args.providers,
+                                                      without=spec.get("without", ())).values() for p in names}
+
+    compiled = set(bench_window.COMPILED_PROVIDERS)
+    preset = "gpu" if device.type == "cuda" else "cpu"
+    assert compiled <= chosen([]) and compiled <= chosen(["--preset", preset])
+    assert not compiled & chosen(["--preset", "quick"])
+    assert chosen(["--preset", "quick", "--providers", "compiled-eager,eager"]) == {"compiled-eager", "eager"}
 
 
 def test_window_checks_and_skips(device, monkeypatch):
@@ -190,3 +238,25 @@ def test_unpad_quick_preset(tmp_path):
     tables = bench_unpad.unpad_tables(rows)
     assert "| ConvBERT-tiny | inference |" in tables and "per-sequence" in tables
     assert out.with_name("unpad-test-lengths.png").stat().st_size > 0
+
+
+def test_time_cpu_interleaved_alternates_calls():
+    """common.time_cpu_interleaved: round after round one call of each callable, the turn order
+    rotated, the gradients of each reset before its own call; each gets its own summary."""
+    calls = []
+    leaf = torch.zeros(2, requires_grad=True)
+
+    def make(name):
+        def fn():
+            assert leaf.grad is None or name == "b"  # "a"'s grads are reset before each of its calls
+            calls.append(name)
+            leaf.grad = torch.ones(2)
+        return fn
+
+    timings = common.time_cpu_interleaved({"a": make("a"), "b": make("b")}, warmup=1, repeats=4,
+                                          grad_to_none={"a": [leaf]}, clock="thread")
+    assert calls == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then rotated rounds
+    assert set(timings) == {"a", "b"}
+    for summary in timings.values():
+        assert summary["reps"] == 4 and summary["clock"] == "thread" and summary["interleaved_with"] == 1
+        assert 0 <= summary["min_ms"] <= summary["median_ms"]
