@@ -205,7 +205,7 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(span_forward_range, q, kc, v, wt, bp, m, seq_lo, seq_hi, o, p, L, n, d, K, A, Rp,
-                          padding_l, n0, n1, N, ca.data(), logits.data());
+                          padding_l, n0, n1, ca.data(), logits.data());
       }
     });
   });
@@ -254,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(span_backward_range, g, q, kc, v, wp, p, m, seq_lo, seq_hi, dv, dq, dkc, dw + r * R * Ap,
-                          db + r * R, L, n, d, K, A, Ap, padding_l, n0, n1, N, dl.data(), ca.data(), d_ca.data());
+                          db + r * R, L, n, d, K, A, Ap, padding_l, n0, n1, dl.data(), ca.data(), d_ca.data());
       }
     });
   });
