@@ -582,3 +582,33 @@ def test_jit_build_failure_is_reported(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ImportError: native backend: just-in-time build" in proc.stdout
     assert "deliberately broken" in proc.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the phase harness builds with g++ on Linux")
+def test_cpu_phase_harness_builds_and_accounts_for_the_op(tmp_path):
+    """benchmarks/cpu_phases.cpp (scripts/cpu_phases.sh): the CPU kernels with their phase hooks
+    compiled into a standalone program; on an awkward small case every phase is timed, the phases
+    add up to no more than the forward + backward CPU time, and the outputs are finite and nonzero."""
+    import re
+    import shutil
+
+    from torch.utils.cpp_extension import include_paths
+
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no g++ on PATH (the extension's own build needs one too)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    exe = tmp_path / "cpu_phases"
+    subprocess.run([compiler, "-O1", "-std=c++17", "-fno-trapping-math", *(f"-I{p}" for p in include_paths()),
+                    os.path.join(root, "benchmarks", "cpu_phases.cpp"), "-o", str(exe)], check=True)
+    for isa in ("base", "avx2", "avx512"):  # the program falls back to what the CPU has, as the extension
+        run = subprocess.run([str(exe), "--batch", "2", "--seq-len", "37", "--dims", "20,20,4,5", "--rounds", "2"],
+                             check=True, capture_output=True, text=True,
+                             env={**os.environ, "CONVBERT_KERNELS_CPU_ISA": isa})
+        rows = dict(re.findall(r"^\| ([a-z][^|]*?) \| ([0-9.]+) \|", run.stdout, flags=re.M))
+        phases = {name: float(ms) for name, ms in rows.items() if ":" in name}
+        assert len(phases) == 8 and all(ms >= 0 for ms in phases.values()), run.stdout
+        total = float(rows["forward (thread CPU time)"]) + float(rows["backward (thread CPU time)"])
+        assert 0 < sum(phases.values()) <= total * 1.001 + 1e-3, run.stdout  # sub-intervals of the totals
+        checksum = float(re.search(r"^checksum (\S+)$", run.stdout, flags=re.M).group(1))
+        assert checksum > 0, run.stdout
