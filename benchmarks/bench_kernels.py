@@ -152,7 +152,9 @@ def _compiled(backend: str):
     import torch._functorch.config as functorch_config
 
     functorch_config.donated_buffer = False
-    return torch.compile(module.span_dynamic_conv)
+    # fullgraph: a graph break, or dynamo's recompile limit, raises (an error row) rather than letting
+    # eager run, timed under the compiled name
+    return torch.compile(module.span_dynamic_conv, fullgraph=True)
 
 
 def providers(device: torch.device, include_interpreted: bool = False, wanted=None) -> dict:
