@@ -228,10 +228,9 @@ def prepare(case: Case, name: str, op, device: torch.device) -> Prepared | dict:
         op(*inputs, case.heads).backward(grad)
         _sync(device)
     except Exception as exc:  # noqa: BLE001 -- a provider that cannot run this case is a row too
-        return dict(base, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        return dict(base, error=common.error_text(exc))
     first_call_ms = (time.perf_counter() - t0) * 1e3
-    for t in inputs:
-        t.grad = None
+    common.reset_grads(inputs)
     try:
         saved = common.saved_bytes(lambda: op(*inputs, case.heads))
     except Exception:  # noqa: BLE001
@@ -261,10 +260,6 @@ def _timings(prepared: list[Prepared], fns: dict, device: torch.device, args) ->
     return out
 
 
-def _error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-
-
 def measure_case(case: Case, provs: dict, device: torch.device, modes, args) -> list[dict]:
     """Every provider's rows for one case, mode by mode (providers in PROVIDER_ORDER, modes in turn)."""
     rows: dict[str, list[dict]] = {name: [] for name in provs}
@@ -284,7 +279,7 @@ def measure_case(case: Case, provs: dict, device: torch.device, modes, args) -> 
                 fns[p.name] = mode_fn(p.op, p.inputs, p.grad, case.heads, mode)
                 ready.append((p, row))
             except Exception as exc:  # noqa: BLE001
-                rows[p.name].append(dict(row, error=_error(exc)))
+                rows[p.name].append(dict(row, error=common.error_text(exc)))
         timings = _timings([p for p, _ in ready], fns, device, args)
         for p, row in ready:
             timing = timings[p.name]
@@ -292,24 +287,19 @@ def measure_case(case: Case, provs: dict, device: torch.device, modes, args) -> 
                 if isinstance(timing, Exception):
                     raise timing
                 row.update(timing)
-                _reset(p.inputs)
+                common.reset_grads(p.inputs)
                 row["peak_bytes"] = common.peak_bytes(fns[p.name], device)
-                _reset(p.inputs)
+                common.reset_grads(p.inputs)
                 _rates(row, case, mode, device, args)
             except Exception as exc:  # noqa: BLE001
                 if args.verbose:
                     traceback.print_exc()
-                row["error"] = _error(exc)
+                row["error"] = common.error_text(exc)
             rows[p.name].append(row)
         fns = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return [row for name in provs for row in rows[name]]
-
-
-def _reset(inputs) -> None:
-    for t in inputs:
-        t.grad = None
 
 
 def _rates(row: dict, case: Case, mode: str, device: torch.device, args) -> None:

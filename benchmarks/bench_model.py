@@ -205,7 +205,7 @@ def measure(provider: str, args, device: torch.device, state: dict, batch: dict)
     except Exception as exc:  # noqa: BLE001 -- a provider that fails is a row too
         if args.verbose:
             traceback.print_exc()
-        row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        row["error"] = common.error_text(exc)
     finally:
         model = fn = train_step = step = None  # noqa: F841
         _free(device)
@@ -272,7 +272,7 @@ def measure_max_len(provider: str, args, device: torch.device, state: dict, over
     except Exception as exc:  # noqa: BLE001 -- building the model failed
         if args.verbose:
             traceback.print_exc()
-        row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        row["error"] = common.error_text(exc)
     finally:
         model = fn = step = None  # noqa: F841 -- drop every reference before emptying the cache
         _free(device)

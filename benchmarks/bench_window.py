@@ -424,10 +424,6 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-
-
 def measure(case: Case, name: str, runner: Runner, expected: Oracle, device: torch.device, modes, args,
             base: dict) -> list[dict]:
     """Check ``runner`` against the oracle on its first call (forward + backward when ``full`` is
@@ -437,8 +433,7 @@ def measure(case: Case, name: str, runner: Runner, expected: Oracle, device: tor
     with_grads = "full" in modes
 
     def reset():
-        for t in runner.leaves:
-            t.grad = None
+        common.reset_grads(runner.leaves)
 
     box = {}
 
@@ -457,7 +452,7 @@ def measure(case: Case, name: str, runner: Runner, expected: Oracle, device: tor
         except Exception as exc:  # noqa: BLE001 -- a graph that does not compile is a row too
             if args.verbose:
                 traceback.print_exc()
-            return [dict(row0, mode=m, error=_error(exc)) for m in modes]
+            return [dict(row0, mode=m, error=common.error_text(exc)) for m in modes]
         row0["compile_s"] = time.perf_counter() - t0
         box.pop("out")
     reset()
@@ -467,7 +462,7 @@ def measure(case: Case, name: str, runner: Runner, expected: Oracle, device: tor
     except Exception as exc:  # noqa: BLE001 -- a provider that cannot run this case is a row too
         if args.verbose:
             traceback.print_exc()
-        return [dict(row0, mode=m, error=_error(exc)) for m in modes]
+        return [dict(row0, mode=m, error=common.error_text(exc)) for m in modes]
     first_call_ms = (time.perf_counter() - t0) * 1e3
     fwd_err, grad_errs = compare(runner, box.pop("out"), expected, with_grads)
     fwd_tol, grad_tol = TOLERANCE[case.dtype]
@@ -511,7 +506,7 @@ def measure(case: Case, name: str, runner: Runner, expected: Oracle, device: tor
         except Exception as exc:  # noqa: BLE001
             if args.verbose:
                 traceback.print_exc()
-            row["error"] = _error(exc)
+            row["error"] = common.error_text(exc)
         rows.append(row)
     reset()
     return rows

@@ -141,7 +141,13 @@ def summarize(times_ms: Iterable[float]) -> dict:
     }
 
 
-def _reset_grads(tensors: Sequence[torch.Tensor] | None) -> None:
+def error_text(exc: BaseException) -> str:
+    """A failed measurement's ``error`` field: the exception's type and first line, at most 300 chars."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def reset_grads(tensors: Sequence[torch.Tensor] | None) -> None:
+    """Set ``.grad`` of each tensor to None (between timed calls of a backward)."""
     for t in tensors or ():
         t.grad = None
 
@@ -158,37 +164,26 @@ def time_cpu(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7, min
              clock: str = "auto") -> dict:
     """Time of ``fn()`` per call, in ms: ``warmup`` untimed calls, then at least ``repeats``
     timed ones (more while ``min_time_s`` of wall time is not reached, never past ``max_time_s``)."""
-    clock, now = cpu_clock(clock)
-    for _ in range(warmup):
-        _reset_grads(grad_to_none)
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - start < min_time_s):
-        _reset_grads(grad_to_none)
-        t0 = now()
-        fn()
-        times.append((now() - t0) * 1e3)
-        if time.perf_counter() - start > max_time_s and len(times) >= 3:
-            break
-    return dict(summarize(times), clock=clock)
+    return time_cpu_interleaved({"fn": fn}, warmup=warmup, repeats=repeats, min_time_s=min_time_s,
+                                max_time_s=max_time_s, grad_to_none={"fn": grad_to_none}, clock=clock)["fn"]
 
 
 def time_cpu_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 2, repeats: int = 7,
                          min_time_s: float = 0.0, max_time_s: float = 120.0,
-                         grad_to_none: dict[str, Sequence[torch.Tensor]] | None = None,
+                         grad_to_none: dict[str, Sequence[torch.Tensor] | None] | None = None,
                          clock: str = "auto") -> dict[str, dict]:
     """``time_cpu`` for several callables at once, timed in alternation: round after round, one call
     of each (in turn order, rotated each round). A shared machine's speed drifts by tens of percent
     over seconds (other tenants' memory traffic); timed one after the other, one provider could get
     the quiet minute and the next the busy one. Alternated, drift falls on all of them alike, and the
-    medians compare like with like. Returns name -> the summary ``time_cpu`` returns."""
+    medians compare like with like. Returns name -> the summary ``time_cpu`` returns (with
+    ``interleaved_with``, the number of other callables, when there are several)."""
     clock, now = cpu_clock(clock)
     names = list(fns)
     grads = grad_to_none or {}
     for _ in range(warmup):
         for name in names:
-            _reset_grads(grads.get(name))
+            reset_grads(grads.get(name))
             fns[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
@@ -196,14 +191,15 @@ def time_cpu_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 
     while rounds < repeats or (time.perf_counter() - start < min_time_s):
         order = names[rounds % len(names):] + names[:rounds % len(names)]
         for name in order:
-            _reset_grads(grads.get(name))
+            reset_grads(grads.get(name))
             t0 = now()
             fns[name]()
             times[name].append((now() - t0) * 1e3)
         rounds += 1
         if time.perf_counter() - start > max_time_s and rounds >= 3:
             break
-    return {name: dict(summarize(times[name]), clock=clock, interleaved_with=len(names) - 1) for name in names}
+    extra = dict(interleaved_with=len(names) - 1) if len(names) > 1 else {}
+    return {name: dict(summarize(times[name]), clock=clock, **extra) for name in names}
 
 
 def time_cuda(fn: Callable[[], object], *, warmup_ms: int = 25, rep_ms: int = 100,
@@ -225,12 +221,12 @@ def time_cuda_events(fn: Callable[[], object], *, warmup: int = 3, repeats: int 
     """GPU time per call from a pair of CUDA events around each call (for long calls, e.g. a
     training step, where do_bench's cache flush and time-sized repetition add nothing)."""
     for _ in range(warmup):
-        _reset_grads(grad_to_none)
+        reset_grads(grad_to_none)
         fn()
     torch.cuda.synchronize()
     pairs = []
     for _ in range(repeats):
-        _reset_grads(grad_to_none)
+        reset_grads(grad_to_none)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()

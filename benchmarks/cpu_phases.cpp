@@ -97,37 +97,25 @@ int64_t arg(int argc, char** argv, const char* name, int64_t fallback) {
   return fallback;
 }
 
+// The span kernels of one instruction set's instantiation (its namespace above), as a type.
 template <int kIsa>
 struct Kernels;
+#define PHASES_KERNELS(isa, ns, name)                                                        \
+  template <>                                                                              \
+  struct Kernels<isa> {                                                                    \
+    static constexpr const char* kName = name;                                             \
+    template <typename... Args>                                                            \
+    static void forward(Args... a) { ns::span_forward_range(a...); }                       \
+    template <typename... Args>                                                            \
+    static void backward(Args... a) { ns::span_backward_range(a...); }                     \
+    static constexpr int64_t kPad = ns::kGemmPad, kSub = ns::kSubRange;                    \
+  };
 #ifdef MULTI_ISA
-template <>
-struct Kernels<2> {
-  static constexpr const char* kName = "avx512";
-  template <typename... Args>
-  static void forward(Args... a) { isa_avx512::span_forward_range(a...); }
-  template <typename... Args>
-  static void backward(Args... a) { isa_avx512::span_backward_range(a...); }
-  static constexpr int64_t kPad = isa_avx512::kGemmPad, kSub = isa_avx512::kSubRange;
-};
-template <>
-struct Kernels<1> {
-  static constexpr const char* kName = "avx2";
-  template <typename... Args>
-  static void forward(Args... a) { isa_avx2::span_forward_range(a...); }
-  template <typename... Args>
-  static void backward(Args... a) { isa_avx2::span_backward_range(a...); }
-  static constexpr int64_t kPad = isa_avx2::kGemmPad, kSub = isa_avx2::kSubRange;
-};
+PHASES_KERNELS(2, isa_avx512, "avx512")
+PHASES_KERNELS(1, isa_avx2, "avx2")
 #endif
-template <>
-struct Kernels<0> {
-  static constexpr const char* kName = "base";
-  template <typename... Args>
-  static void forward(Args... a) { isa_base::span_forward_range(a...); }
-  template <typename... Args>
-  static void backward(Args... a) { isa_base::span_backward_range(a...); }
-  static constexpr int64_t kPad = isa_base::kGemmPad, kSub = isa_base::kSubRange;
-};
+PHASES_KERNELS(0, isa_base, "base")
+#undef PHASES_KERNELS
 
 template <int kIsa>
 int run(int argc, char** argv) {
