@@ -199,20 +199,13 @@ def make_backend(prefix: str, is_available: Callable[[torch.device], bool]) -> B
                        ("dynamic_fwd", dynamic_fwd), ("dynamic_bwd", dynamic_bwd)):
         torch.library.register_fake(f"{NAMESPACE}::{prefix}_{name}", fake)
 
-    def span_setup(ctx, inputs, output):
+    def save_span(ctx, inputs, probs):
         query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, seq_bounds, _save_probs = inputs
-        ctx.save_for_backward(query, key_conv, values, weight, output[1], padding_mask, seq_bounds)
+        ctx.save_for_backward(query, key_conv, values, weight, probs, padding_mask, seq_bounds)
         ctx.num_heads, ctx.padding_l = num_heads, padding_l
         ctx.has_bias = bias is not None
-        ctx.mark_non_differentiable(output[1])
 
-    def refuse_double_backward():
-        # the backward ops have no derivative of their own: say so rather than return None grads
-        if torch.is_grad_enabled():
-            raise RuntimeError(f"the {prefix} backend has no second-order gradients (backward with "
-                               "create_graph=True); use backend='eager' or 'reference' for those")
-
-    def span_backward(ctx, grad_out, _grad_probs):
+    def span_grads(ctx, grad_out):
         refuse_double_backward()
         query, key_conv, values, weight, probs, padding_mask, seq_bounds = ctx.saved_tensors
         d_query, d_key_conv, d_values, d_weight, d_bias = span_bwd_op(
@@ -220,32 +213,82 @@ def make_backend(prefix: str, is_available: Callable[[torch.device], bool]) -> B
         return (d_query, d_key_conv, d_values, d_weight, (d_bias if ctx.has_bias else None),
                 None, None, None, None, None)
 
-    def dynamic_setup(ctx, inputs, output):
+    def save_dynamic(ctx, inputs, probs):
         values, _logits, num_heads, padding_l, padding_mask, seq_bounds, _save_probs = inputs
-        ctx.save_for_backward(values, output[1], padding_mask, seq_bounds)
+        ctx.save_for_backward(values, probs, padding_mask, seq_bounds)
         ctx.num_heads, ctx.padding_l = num_heads, padding_l
-        ctx.mark_non_differentiable(output[1])
 
-    def dynamic_backward(ctx, grad_out, _grad_probs):
+    def dynamic_grads(ctx, grad_out):
         refuse_double_backward()
         values, probs, padding_mask, seq_bounds = ctx.saved_tensors
         d_values, d_logits = dynamic_bwd_op(grad_out, values, probs, ctx.num_heads, ctx.padding_l, padding_mask,
                                             seq_bounds)
         return d_values, d_logits, None, None, None, None, None
 
-    torch.library.register_autograd(f"{NAMESPACE}::{prefix}_span_fwd", span_backward, setup_context=span_setup)
-    torch.library.register_autograd(f"{NAMESPACE}::{prefix}_dynamic_fwd", dynamic_backward,
+    def refuse_double_backward():
+        # the backward ops have no derivative of their own: say so rather than return None grads
+        if torch.is_grad_enabled():
+            raise RuntimeError(f"the {prefix} backend has no second-order gradients (backward with "
+                               "create_graph=True); use backend='eager' or 'reference' for those")
+
+    # The ops' registered autograd (direct calls of the ops, and torch.compile's traces).
+    def span_setup(ctx, inputs, output):
+        save_span(ctx, inputs, output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    def dynamic_setup(ctx, inputs, output):
+        save_dynamic(ctx, inputs, output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    torch.library.register_autograd(f"{NAMESPACE}::{prefix}_span_fwd",
+                                    lambda ctx, grad_out, _grad_probs: span_grads(ctx, grad_out),
+                                    setup_context=span_setup)
+    torch.library.register_autograd(f"{NAMESPACE}::{prefix}_dynamic_fwd",
+                                    lambda ctx, grad_out, _grad_probs: dynamic_grads(ctx, grad_out),
                                     setup_context=dynamic_setup)
+
+    # The same formulas (save_* / *_grads) as plain autograd.Functions, for the backend's eager
+    # calls: the registered autograd goes through torch.library's per-call Python wrapper (a
+    # generated Function with a second output, defaults filled in from the schema, a redispatch),
+    # about 0.5 ms of a 6 ms forward + backward measured on CPU at B=8, L=128. probs stays inside.
+    class SpanFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            with torch._C._AutoDispatchBelowAutograd():
+                out, probs = span_fwd_op(*inputs)
+            save_span(ctx, inputs, probs)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            return span_grads(ctx, grad_out)
+
+    class DynamicFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            with torch._C._AutoDispatchBelowAutograd():
+                out, probs = dynamic_fwd_op(*inputs)
+            save_dynamic(ctx, inputs, probs)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            return dynamic_grads(ctx, grad_out)
 
     def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask=None,
                           seq_bounds=None):
         save = _needs_grad(query, key_conv, values, weight, bias)
-        return span_fwd_op(query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, seq_bounds,
-                           save)[0]
+        inputs = (query, key_conv, values, weight, bias, num_heads, padding_l, padding_mask, seq_bounds, save)
+        if save and not torch.compiler.is_compiling():
+            return SpanFunction.apply(*inputs)
+        return span_fwd_op(*inputs)[0]
 
     def dynamic_conv(values, logits, num_heads, padding_l, padding_mask=None, seq_bounds=None):
         save = _needs_grad(values, logits)
-        return dynamic_fwd_op(values, logits, num_heads, padding_l, padding_mask, seq_bounds, save)[0]
+        inputs = (values, logits, num_heads, padding_l, padding_mask, seq_bounds, save)
+        if save and not torch.compiler.is_compiling():
+            return DynamicFunction.apply(*inputs)
+        return dynamic_fwd_op(*inputs)[0]
 
     return Backend(name=prefix, dynamic_conv=dynamic_conv, span_dynamic_conv=span_dynamic_conv,
                    is_available=is_available)

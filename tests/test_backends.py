@@ -500,6 +500,42 @@ def test_probs_saved_only_for_a_backward_and_not_differentiable(backend):
     assert_close_to(out, ref, torch.float32, "no-grad forward")
 
 
+@pytest.mark.parametrize("backend", COMPILED)
+def test_eager_autograd_path_equals_the_ops_registered_autograd(backend):
+    """The backend's eager calls use plain autograd.Functions (no torch.library wrapper per call);
+    the ops called directly, and torch.compile, use the ops' registered autograd. Both run the same
+    ops with the same saved tensors: identical outputs and gradients, bit for bit, and the same
+    refusal of second-order gradients."""
+    require(backend)
+    op = _ops(backend)
+    backend_impl = ck.backends.resolve_backend(backend, torch.device("cpu"))
+    inputs = make_span_inputs(2, 9, 10, 12, 3, 5, with_mask=True, seed=5)
+    g = torch.randn(2, 9, 12)
+    for bias in (inputs.bias, None):
+        leaves = [t.detach().requires_grad_(True) for t in (*inputs.tensors()[:4], *([bias] if bias is not None else []))]
+        q, kc, v, w, *b = leaves
+        b = b[0] if b else None
+        via_function = backend_impl.span_dynamic_conv(q, kc, v, w, b, 3, 2, inputs.padding_mask)
+        grads_function = torch.autograd.grad(via_function, leaves, g)
+        via_op = op["span_fwd"](q, kc, v, w, b, 3, 2, inputs.padding_mask, None, True)[0]
+        grads_op = torch.autograd.grad(via_op, leaves, g)
+        assert torch.equal(via_function, via_op)
+        for got, want in zip(grads_function, grads_op):
+            assert torch.equal(got, want)
+    logits = torch.randn(2, 9, 15, requires_grad=True)
+    values = inputs.values.detach().requires_grad_(True)
+    via_function = backend_impl.dynamic_conv(values, logits, 3, 2, inputs.padding_mask)
+    via_op = op["dynamic_fwd"](values, logits, 3, 2, inputs.padding_mask, None, True)[0]
+    assert torch.equal(via_function, via_op)
+    for got, want in zip(torch.autograd.grad(via_function, (values, logits), g),
+                         torch.autograd.grad(via_op, (values, logits), g)):
+        assert torch.equal(got, want)
+    for out in (backend_impl.dynamic_conv(values, logits, 3, 2),
+                op["dynamic_fwd"](values, logits, 3, 2, None, None, True)[0]):
+        with pytest.raises(RuntimeError, match="second-order"):
+            torch.autograd.grad(out.square().sum(), (values, logits), create_graph=True)
+
+
 def _bad_calls(backend):
     """(what is wrong, op, args): calls every backend's ops must refuse, real or fake."""
     op = _ops(backend)
