@@ -20,7 +20,12 @@
 #include <random>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>  // the kernels' streaming stores
+#endif
 
 namespace phases {
 // this thread's CPU time, as the totals (a hook costs about 0.3 us: about 1% of a range's work)

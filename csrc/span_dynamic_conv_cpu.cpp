@@ -15,7 +15,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "span_dynamic_conv.h"
 
@@ -170,6 +175,25 @@ int64_t gemm_padded(int64_t columns) {
   return (columns + pad - 1) / pad * pad;
 }
 
+// Per-thread scratch of `count` acc_t from PyTorch's allocator: 64-byte aligned like the tensors
+// (rows of the GEMMs start on cache lines) and not zero-filled (every kernel writes its scratch
+// before reading it).
+at::Tensor scratch(int64_t count, const at::Tensor& like, at::ScalarType acc) {
+  return at::empty({count}, like.options().dtype(acc));
+}
+
+// dst [rows, ld] = src [rows, cols] (transposed when `transpose`: src [cols, rows]) converted to
+// acc_t, the columns [cols, ld) zero: the weight and bias in the layout the span kernels read,
+// in one loop instead of zeros + narrow + a strided copy (a few ATen calls per op call).
+template <typename scalar_t, typename acc_t>
+void padded_copy(const scalar_t* src, acc_t* dst, int64_t rows, int64_t cols, int64_t ld, bool transpose) {
+  for (int64_t r = 0; r < rows; ++r) {
+    acc_t* row = dst + r * ld;
+    for (int64_t c = 0; c < cols; ++c) row[c] = static_cast<acc_t>(transpose ? src[c * rows + r] : src[r * cols + c]);
+    for (int64_t c = cols; c < ld; ++c) row[c] = acc_t(0);
+  }
+}
+
 // The fused CPU forward: one parallel region over fixed ranges of kRange tokens; per range the
 // product query * key_conv, the A -> n*K projection, softmax and the window sum, all in per-thread
 // scratch that stays in cache. The weight is converted and transposed once, [A, Rp] with R padded.
@@ -180,15 +204,12 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2), A = query.size(1);
   const int64_t n = num_heads, d = C / n, R = weight.size(0), K = R / n, N = B * L, Rp = gemm_padded(R);
   const auto acc = acc_dtype_for(values.scalar_type());
-  at::Tensor weight_t = at::zeros({A, Rp}, values.options().dtype(acc));
-  weight_t.narrow(1, 0, R).copy_(weight.t());
-  at::Tensor bias_p;
-  if (bias.defined()) {
-    bias_p = at::zeros({Rp}, weight_t.options());
-    bias_p.narrow(0, 0, R).copy_(bias);
-  }
+  at::Tensor weight_t = at::empty({A, Rp}, values.options().dtype(acc));
+  at::Tensor bias_p = bias.defined() ? at::empty({Rp}, weight_t.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "span_forward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
+    padded_copy(weight.data_ptr<scalar_t>(), weight_t.data_ptr<acc_t>(), A, R, Rp, /*transpose=*/true);
+    if (bias.defined()) padded_copy(bias.data_ptr<scalar_t>(), bias_p.data_ptr<acc_t>(), 1, R, Rp, false);
     const scalar_t* q = query.data_ptr<scalar_t>();
     const scalar_t* kc = key_conv.data_ptr<scalar_t>();
     const scalar_t* v = values.data_ptr<scalar_t>();
@@ -201,11 +222,12 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
     const int64_t* seq_hi = seq_bounds != nullptr ? seq_bounds + N : nullptr;
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       constexpr int64_t kSub = cpu_base::kSubRange;  // the same in every ISA's instantiation
-      std::vector<acc_t> ca(kSub * A), logits(kSub * Rp);
+      const int64_t sub = std::min(kSub, N);
+      at::Tensor ca = scratch(sub * A, values, acc), logits = scratch(sub * Rp, values, acc);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(span_forward_range, q, kc, v, wt, bp, m, seq_lo, seq_hi, o, p, L, n, d, K, A, Rp,
-                          padding_l, n0, n1, ca.data(), logits.data());
+                          padding_l, n0, n1, ca.data_ptr<acc_t>(), logits.data_ptr<acc_t>());
       }
     });
   });
@@ -228,13 +250,14 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
   const auto acc_options = values.options().dtype(acc);
   if (N == 0) return {at::zeros({R, A}, acc_options), at::zeros({R}, acc_options)};
   const int64_t ranges = num_ranges(N);
-  at::Tensor weight_p = at::zeros({R, Ap}, acc_options);
-  weight_p.narrow(1, 0, A).copy_(weight);
+  at::Tensor weight_p = at::empty({R, Ap}, acc_options);
   // every range writes its partials in full (span_backward_range)
   at::Tensor dw_part = at::empty({ranges, R, Ap}, acc_options);
   at::Tensor db_part = at::empty({ranges, R}, acc_options);
+  at::Tensor d_weight = at::empty({R, A}, acc_options), d_bias = at::empty({R}, acc_options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "span_backward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
+    padded_copy(weight.data_ptr<scalar_t>(), weight_p.data_ptr<acc_t>(), R, A, Ap, /*transpose=*/false);
     const scalar_t* g = grad_out.data_ptr<scalar_t>();
     const scalar_t* q = query.data_ptr<scalar_t>();
     const scalar_t* kc = key_conv.data_ptr<scalar_t>();
@@ -250,21 +273,32 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
     const int64_t* seq_lo = seq_bounds;  // rows 0 and 1 of seq_bounds [2, N], or nullptr
     const int64_t* seq_hi = seq_bounds != nullptr ? seq_bounds + N : nullptr;
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> dl(kRange * R), ca(kRange * Ap), d_ca(cpu_base::kSubRange * Ap);
+      const int64_t tokens = std::min(kRange, N), sub = std::min(cpu_base::kSubRange, N);
+      at::Tensor dl = scratch(tokens * R, values, acc), ca = scratch(tokens * Ap, values, acc);
+      at::Tensor d_ca = scratch(sub * Ap, values, acc);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(span_backward_range, g, q, kc, v, wp, p, m, seq_lo, seq_hi, dv, dq, dkc, dw + r * R * Ap,
-                          db + r * R, L, n, d, K, A, Ap, padding_l, n0, n1, dl.data(), ca.data(), d_ca.data());
+                          db + r * R, L, n, d, K, A, Ap, padding_l, n0, n1, dl.data_ptr<acc_t>(),
+                          ca.data_ptr<acc_t>(), d_ca.data_ptr<acc_t>());
       }
     });
+    // the ranges' partials added in range order (the same sums for any thread count)
+    acc_t* d_w = d_weight.data_ptr<acc_t>();
+    acc_t* d_b = d_bias.data_ptr<acc_t>();
+    for (int64_t i = 0; i < R; ++i) {
+      for (int64_t a = 0; a < A; ++a) d_w[i * A + a] = dw[i * Ap + a];
+      d_b[i] = db[i];
+    }
+    for (int64_t r = 1; r < ranges; ++r) {
+      for (int64_t i = 0; i < R; ++i) {
+        const acc_t* part = dw + (r * R + i) * Ap;
+        for (int64_t a = 0; a < A; ++a) d_w[i * A + a] += part[a];
+        d_b[i] += db[r * R + i];
+      }
+    }
   });
-  at::Tensor d_weight = dw_part.select(0, 0).clone();
-  at::Tensor d_bias = db_part.select(0, 0).clone();
-  for (int64_t r = 1; r < ranges; ++r) {
-    d_weight.add_(dw_part.select(0, r));
-    d_bias.add_(db_part.select(0, r));
-  }
-  return {d_weight.narrow(1, 0, A).contiguous(), d_bias};
+  return {d_weight, d_bias};
 }
 
 }  // namespace convbert_kernels

@@ -93,14 +93,21 @@ def test_weight_gradient_independent_of_thread_count(native, padding_l):
 @pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
 def test_every_cpu_instruction_set_matches_oracle(native, isa):
     """CONVBERT_KERNELS_CPU_ISA caps the instruction set the CPU kernels pick at their first call
-    (never above what the CPU has), so the baseline and AVX2 loops run here too."""
+    (never above what the CPU has), so the baseline and AVX2 loops run here too, for the general
+    tap count and for the K = 9 loops (dots_fixed)."""
     script = textwrap.dedent(
         f"""
         import sys, torch
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from oracle import check_dynamic_backend, check_span_backend, make_span_inputs
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (torch.float32, torch.bfloat16, torch.float64):
             check_span_backend("native", make_span_inputs(2, 37, 20, 24, 3, 9, with_mask=True, seed=2), dtype)
+            # K = 9 has its own compiled loops: heads of 20 channels (one register and a tail on
+            # AVX-512, two and a tail on AVX2), and a sequence shorter than the window; heads of 16
+            # channels: float32 outputs written with streaming stores on every instruction set
+            check_span_backend("native", make_span_inputs(2, 37, 40, 60, 3, 9, with_mask=True, seed=4), dtype)
+            check_span_backend("native", make_span_inputs(2, 21, 40, 48, 3, 9, with_mask=True, seed=5), dtype)
+            check_dynamic_backend("native", (3, 5, 60, 60, 3, 9), dtype, with_mask=True, padding_l=2)
             check_dynamic_backend("native", (2, 37, 20, 24, 3, 9), dtype, with_mask=True)
             # K even, windows entirely after / before the token
             check_span_backend("native", make_span_inputs(2, 37, 20, 24, 3, 8, with_mask=True, seed=3,
