@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -191,12 +192,21 @@ int64_t gemm_padded(int64_t columns) {
   return (columns + pad - 1) / pad * pad;
 }
 
-// Per-thread scratch of `count` acc_t from PyTorch's allocator: 64-byte aligned like the tensors
-// (rows of the GEMMs start on cache lines) and not zero-filled (every kernel writes its scratch
-// before reading it).
-at::Tensor scratch(int64_t count, const at::Tensor& like, at::ScalarType acc) {
-  return at::empty({count}, like.options().dtype(acc));
-}
+// Per-thread scratch of `count` T: 64-byte aligned like PyTorch's tensors (rows of the GEMMs start
+// on cache lines) and not zero-filled (every kernel writes its scratch before reading it).
+template <typename T>
+class Scratch {
+ public:
+  explicit Scratch(int64_t count)
+      : data_(static_cast<T*>(::operator new[](sizeof(T) * std::max<int64_t>(count, 1), std::align_val_t{64}))) {}
+  ~Scratch() { ::operator delete[](data_, std::align_val_t{64}); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* data() const { return data_; }
+
+ private:
+  T* data_;
+};
 
 // dst [rows, ld] = src [rows, cols] (transposed when `transpose`: src [cols, rows]) converted to
 // acc_t, the columns [cols, ld) zero: the weight and bias in the layout the span kernels read,
@@ -251,11 +261,11 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       constexpr int64_t kSub = cpu_base::kSubRange;  // the same in every ISA's instantiation
       const int64_t sub = std::min(kSub, N);
-      at::Tensor ca = scratch(sub * A, values, acc), logits = scratch(sub * Rp, values, acc);
+      Scratch<acc_t> ca(sub * A), logits(sub * Rp);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(span_forward_range, q, kc, v, wt, bp, m, seq_lo, seq_hi, o, p, L, n, d, K, A, Rp,
-                          padding_l, n0, n1, ca.data_ptr<acc_t>(), logits.data_ptr<acc_t>(), streams(out));
+                          padding_l, n0, n1, ca.data(), logits.data(), streams(out));
       }
     });
   });
@@ -302,13 +312,12 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
     const int64_t* seq_hi = seq_bounds != nullptr ? seq_bounds + N : nullptr;
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       const int64_t tokens = std::min(kRange, N), sub = std::min(cpu_base::kSubRange, N);
-      at::Tensor dl = scratch(tokens * R, values, acc), ca = scratch(tokens * Ap, values, acc);
-      at::Tensor d_ca = scratch(sub * Ap, values, acc);
+      Scratch<acc_t> dl(tokens * R), ca(tokens * Ap), d_ca(sub * Ap);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(span_backward_range, g, q, kc, v, wp, p, m, seq_lo, seq_hi, dv, dq, dkc, dw + r * R * Ap,
-                          db + r * R, L, n, d, K, A, Ap, padding_l, n0, n1, dl.data_ptr<acc_t>(),
-                          ca.data_ptr<acc_t>(), d_ca.data_ptr<acc_t>(), streams(d_values));
+                          db + r * R, L, n, d, K, A, Ap, padding_l, n0, n1, dl.data(), ca.data(), d_ca.data(),
+                          streams(d_values));
       }
     });
     // the ranges' partials added in range order (the same sums for any thread count)
