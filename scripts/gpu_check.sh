@@ -285,25 +285,38 @@ stage_tests() {
         run_suite other-tests tests -m "not gpu"
     fi
 
-    # A test that crashed its worker, again alone in one process (no xdist), for its native backtrace:
-    # under gdb when the machine has it, else with Python's faulthandler. Logged only (tests.log).
-    local crashed
+    # A test that crashed its worker, again alone in one process (no xdist, -v names each case before
+    # it runs), for its native backtrace: under gdb, else cuda-gdb (the GPU image has no gdb, and
+    # cuda-gdb debugs host code too), else Python's faulthandler. Logged only (tests.log).
+    local crashed debugger=""
     crashed="$("$PY" -m benchmarks.gpu_summary crashed "$WORK"/tests/*.out 2>/dev/null)"
+    for d in gdb cuda-gdb; do
+        command -v "$d" >/dev/null && debugger="$d" && break
+    done
     while IFS= read -r nodeid; do
         [ -n "$nodeid" ] || continue
         if [ "$(limit)" -lt 60 ]; then
             log "crashed test not rerun (no time left): $nodeid"
             continue
         fi
-        log "crashed test, alone in one process: $nodeid"
-        if command -v gdb >/dev/null; then
-            timeout -k 10 "$(limit 90)" gdb -q -batch -ex run -ex "thread apply all bt 30" --args \
-                "$PY" -X faulthandler -m pytest -q -p no:cacheprovider -p no:xdist "${extra[@]}" "$nodeid" 2>&1 | tail -150
+        log "crashed test, alone in one process${debugger:+ under $debugger}: $nodeid"
+        if [ -n "$debugger" ]; then
+            timeout -k 10 "$(limit 90)" "$debugger" -q -batch -ex run -ex "thread apply all bt 30" --args \
+                "$PY" -X faulthandler -m pytest -v -p no:cacheprovider -p no:xdist "${extra[@]}" "$nodeid" 2>&1 | tail -150
         else
-            timeout -k 10 "$(limit 90)" "$PY" -X faulthandler -m pytest -q -p no:cacheprovider -p no:xdist \
+            timeout -k 10 "$(limit 90)" "$PY" -X faulthandler -m pytest -v -p no:cacheprovider -p no:xdist \
                 "${extra[@]}" "$nodeid" 2>&1 | tail -80
         fi
     done <<<"$crashed"
+    # Which C++ exceptions crash: torch's own, this extension's, or this extension's only after CUDA
+    # is initialised (each in a fresh process; exit 0 = raised and caught, 139 = segfault).
+    if [ -n "$crashed" ] && [ "$(limit)" -ge 60 ]; then
+        local probe
+        for probe in torch native native-after-cuda; do
+            timeout -k 5 "$(limit 30)" "$PY" -X faulthandler scripts/throw_probe.py "$probe" 2>&1 | tail -5
+            log "throw probe $probe: exit ${PIPESTATUS[0]}"
+        done
+    fi
 
     log "torch.compile tests, each in a fresh process: pytest --collect-only -q ${collect[*]}"
     "$PY" -m pytest --collect-only -q -p no:cacheprovider "${collect[@]}" >"$WORK/tests/collect.txt" 2>&1
