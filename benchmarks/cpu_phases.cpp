@@ -1,7 +1,7 @@
 // Where the native CPU span op spends its time: the kernels of csrc/span_dynamic_conv_cpu_kernels.inc
 // run over all ranges of a [B, L] batch on one thread, with the phase hooks of that file defined
 // here, so each phase's time is summed (the forward's product q * kc, projection GEMM, softmax +
-// window sum; the backward's window backward, product, d_ca GEMM, d_query / d_key_conv, d_weight
+// window sum; the backward's window backward, d_ca GEMM, one pass for ca / d_query / d_key_conv, d_weight
 // GEMM + d_bias). No PyTorch calls, no Python, outputs allocated once: what is left is the kernels
 // and the memory they touch. fp32; the widest instruction set the CPU has (as the extension).
 //
@@ -34,11 +34,11 @@ double now() {
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
   return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
-double seconds[8], last;
-const char* const kNames[8] = {"forward: product q * kc",      "forward: projection GEMM (+ bias)",
+double seconds[7], last;
+const char* const kNames[7] = {"forward: product q * kc",      "forward: projection GEMM (+ bias)",
                                "forward: softmax + window sum", "backward: window backward",
-                               "backward: product q * kc",      "backward: d_ca GEMM",
-                               "backward: d_query, d_key_conv", "backward: d_weight GEMM + d_bias"};
+                               "backward: d_ca GEMM",          "backward: ca, d_query, d_key_conv (one pass)",
+                               "backward: d_weight GEMM + d_bias"};
 }  // namespace phases
 
 #define CONVBERT_PHASE_START() (phases::last = phases::now())
@@ -203,7 +203,7 @@ int run(int argc, char** argv) {
               (long long)rounds);
   std::printf("| phase | ms per call | us per token | share |\n|---|---|---|---|\n");
   const double total_s = forward_s + backward_s;
-  for (int i = 0; i < 8; ++i) {
+  for (int i = 0; i < 7; ++i) {
     std::printf("| %s | %.3f | %.3f | %.0f%% |\n", phases::kNames[i], phases::seconds[i] * per_call_ms,
                 phases::seconds[i] * per_token_us, 100 * phases::seconds[i] / total_s);
   }
