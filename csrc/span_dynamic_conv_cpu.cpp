@@ -10,6 +10,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -74,11 +75,12 @@ Isa detect_isa() {
     best = Isa::kAvx512;
   }
 #endif
-  if (const char* env = std::getenv("CONVBERT_KERNELS_CPU_ISA")) {
-    Isa wanted = best;
+  if (const char* env = std::getenv("CONVBERT_KERNELS_CPU_ISA"); env != nullptr && *env != '\0') {
+    Isa wanted;
     if (std::strcmp(env, "base") == 0) wanted = Isa::kBase;
     else if (std::strcmp(env, "avx2") == 0) wanted = Isa::kAvx2;
     else if (std::strcmp(env, "avx512") == 0) wanted = Isa::kAvx512;
+    else TORCH_CHECK(false, "CONVBERT_KERNELS_CPU_ISA must be base, avx2 or avx512 (or unset), got '", env, "'");
     best = std::min(best, wanted);  // never more than the CPU has
   }
   return best;
@@ -108,7 +110,14 @@ int64_t num_ranges(int64_t N) { return (N + kRange - 1) / kRange; }
 int64_t stream_bytes() {
   static const int64_t bytes = [] {
     const char* env = std::getenv("CONVBERT_KERNELS_STREAM_BYTES");
-    return env != nullptr ? std::atoll(env) : int64_t{4} << 20;
+    if (env == nullptr) return int64_t{4} << 20;
+    // a number of bytes, whole: a typo must not silently become 0 (which streams every output)
+    char* end = nullptr;
+    errno = 0;
+    const long long value = std::strtoll(env, &end, 10);
+    TORCH_CHECK(end != env && *end == '\0' && errno == 0 && value >= 0,
+                "CONVBERT_KERNELS_STREAM_BYTES must be a non-negative whole number of bytes, got '", env, "'");
+    return static_cast<int64_t>(value);
   }();
   return bytes;
 }
@@ -150,11 +159,12 @@ void window_forward_cpu(const at::Tensor& values, const at::Tensor& logits, int6
     const bool* m = mask_ptr(mask);
     const int64_t* seq_lo = seq_bounds;  // rows 0 and 1 of seq_bounds [2, N], or nullptr
     const int64_t* seq_hi = seq_bounds != nullptr ? seq_bounds + N : nullptr;
+    const bool stream_out = streams(out);
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(window_forward_range, v, lg, 0, logits_token_stride, m, seq_lo, seq_hi, o, p, L, n, d, K,
-                          padding_l, n0, n1, streams(out));
+                          padding_l, n0, n1, stream_out);
       }
     });
   });
@@ -176,11 +186,12 @@ void window_backward_cpu(const at::Tensor& grad_out, const at::Tensor& values, c
     const bool* m = mask_ptr(mask);
     const int64_t* seq_lo = seq_bounds;  // rows 0 and 1 of seq_bounds [2, N], or nullptr
     const int64_t* seq_hi = seq_bounds != nullptr ? seq_bounds + N : nullptr;
+    const bool stream_out = streams(d_values);
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(window_backward_range, g, v, p, m, seq_lo, seq_hi, dv, dl, 0, L, n, d, K, padding_l, n0,
-                          n1, streams(d_values));
+                          n1, stream_out);
       }
     });
   });
@@ -258,6 +269,7 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
     const bool* m = mask_ptr(mask);
     const int64_t* seq_lo = seq_bounds;  // rows 0 and 1 of seq_bounds [2, N], or nullptr
     const int64_t* seq_hi = seq_bounds != nullptr ? seq_bounds + N : nullptr;
+    const bool stream_out = streams(out);
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       constexpr int64_t kSub = cpu_base::kSubRange;  // the same in every ISA's instantiation
       const int64_t sub = std::min(kSub, N);
@@ -265,7 +277,7 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(span_forward_range, q, kc, v, wt, bp, m, seq_lo, seq_hi, o, p, L, n, d, K, A, Rp,
-                          padding_l, n0, n1, ca.data(), logits.data(), streams(out));
+                          padding_l, n0, n1, ca.data(), logits.data(), stream_out);
       }
     });
   });
@@ -310,6 +322,7 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
     const bool* m = mask_ptr(mask);
     const int64_t* seq_lo = seq_bounds;  // rows 0 and 1 of seq_bounds [2, N], or nullptr
     const int64_t* seq_hi = seq_bounds != nullptr ? seq_bounds + N : nullptr;
+    const bool stream_out = streams(d_values);
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       const int64_t tokens = std::min(kRange, N), sub = std::min(cpu_base::kSubRange, N);
       Scratch<acc_t> dl(tokens * R), ca(tokens * Ap), d_ca(sub * Ap);
@@ -317,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(span_backward_range, g, q, kc, v, wp, p, m, seq_lo, seq_hi, dv, dq, dkc, dw + r * R * Ap,
                           db + r * R, L, n, d, K, A, Ap, padding_l, n0, n1, dl.data(), ca.data(), d_ca.data(),
-                          streams(d_values));
+                          stream_out);
       }
     });
     // the ranges' partials added in range order (the same sums for any thread count)

@@ -141,6 +141,32 @@ def test_every_cpu_instruction_set_matches_oracle(native, isa):
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.parametrize("name, value", [("CONVBERT_KERNELS_STREAM_BYTES", "4MiB"),
+                                         ("CONVBERT_KERNELS_STREAM_BYTES", "-1"),
+                                         ("CONVBERT_KERNELS_CPU_ISA", "avx9000")])
+def test_malformed_cpu_kernel_settings_are_refused(native, name, value):
+    """A malformed override of the CPU kernels (read at their first call) is a RuntimeError naming
+    the variable and its value, not silently another setting (atoll read '4MiB' as 4 bytes)."""
+    script = textwrap.dedent(
+        """
+        import torch, convbert_kernels as ck
+        v, lg = torch.randn(1, 5, 4), torch.randn(1, 5, 6)
+        for _ in range(2):  # refused at every call, not only the first
+            try:
+                ck.dynamic_conv(v, lg, 2, backend="native")
+            except RuntimeError as err:
+                print("refused:", err)
+            else:
+                print("accepted")
+        """
+    )
+    env = dict(os.environ, **{name: value})
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("refused", "accepted"))]
+    assert proc.returncode == 0 and len(lines) == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert all(line.startswith("refused") and name in line and f"'{value}'" in line for line in lines), lines
+
+
 def test_one_op_namespace_and_signatures_for_both_compiled_backends(native):
     pytest.importorskip("triton")
     from convbert_kernels import triton_backend  # noqa: F401  (registers the triton_* ops)
