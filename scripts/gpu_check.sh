@@ -11,7 +11,7 @@
 #   tests          the whole suite on CUDA (Triton compiled, bf16 included): the gpu-marked tests first,
 #                  then the rest; then every torch.compile test (pytest --collect-only -q -k compile
 #                  tests) alone in a fresh process; a test that crashed its worker runs again alone (gdb
-#                  backtrace where gdb exists), logged
+#                  or cuda-gdb backtrace), then scripts/throw_probe.py; logged
 #   sanitize       compute-sanitizer memcheck, racecheck, synccheck, initcheck over every native CUDA op
 #                  (scripts/gpu_sanitize_ops.py), and memcheck over the Triton kernels
 #   bench-kernels  span_dynamic_conv at ConvBERT-base dims (B=32 L=512 A=C=384 n=6 K=9), bf16 and
