@@ -52,6 +52,11 @@ def _extensions():
         and os.environ.get("CONVBERT_KERNELS_NO_CUDA", "") != "1"
     )
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    # The shared libstdc++ by name, ahead of the driver's own -lstdc++. On the H200 machine the
+    # extension came out with libstdc++ linked in statically (no libstdc++.so.6 among its NEEDED):
+    # a private copy whose stream locale is never set up, so formatting a number in a TORCH_CHECK
+    # message crashed the process (2026-11-26); here the same static link truncates the message.
+    link_flags = [*openmp, "-l:libstdc++.so.6"] if sys.platform.startswith("linux") else []
     # -fno-trapping-math (as PyTorch's own build): lets the CPU kernels' branch-free selects vectorise
     cxx_flags = ["-O3", "-fno-trapping-math", *openmp]
     define_macros = []
@@ -64,7 +69,7 @@ def _extensions():
             depends=depends,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", *NVCC_PTXAS_FLAGS, *arch_flags]},
-            extra_link_args=openmp,
+            extra_link_args=link_flags,
         )
     else:
         ext = cpp_extension.CppExtension(
@@ -72,7 +77,7 @@ def _extensions():
             sources=sources,
             depends=depends,
             extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=openmp,
+            extra_link_args=link_flags,
         )
     print(f"convbert_kernels: building the native extension ({'CPU + CUDA' if with_cuda else 'CPU only'})",
           file=sys.stderr)

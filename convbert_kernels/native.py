@@ -86,7 +86,7 @@ def jit_build(csrc: Path | str = _CSRC, build_dir: str | None = None, with_cuda:
             extra_cflags=[*optimise, *_openmp_flags(), *defines],
             # as setup.py: a register spill in the project's kernels fails the build
             extra_cuda_cflags=["-O3", "-Xptxas=--warn-on-spills,--warning-as-error", *arch_flags, *defines],
-            extra_ldflags=[*_openmp_flags(), *(["-fsanitize=address"] if sanitize else [])],
+            extra_ldflags=[*_link_flags(), *(["-fsanitize=address"] if sanitize else [])],
             build_directory=build_dir,
             with_cuda=bool(cu_sources),
             is_python_module=False,
@@ -104,6 +104,15 @@ def _openmp_flags() -> list[str]:
     import sys
 
     return ["-fopenmp"] if sys.platform.startswith("linux") else []
+
+
+def _link_flags() -> list[str]:
+    # as setup.py: OpenMP, and the shared libstdc++ named before the driver's -lstdc++, so that no
+    # private static copy (whose stream locale is never initialised) is linked in where only
+    # libstdc++.a is found
+    import sys
+
+    return [*_openmp_flags(), "-l:libstdc++.so.6"] if sys.platform.startswith("linux") else []
 
 
 def _load_library() -> str:
@@ -128,6 +137,18 @@ def _load_library() -> str:
 
 HOW_LOADED = _load_library()  # "prebuilt", "already loaded" or the path of the JIT-built library
 HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key(f"{_NAMESPACE}::native_span_fwd", "CUDA")
+
+
+def library_paths() -> list[str]:
+    """The native extension's shared objects mapped into this process, prebuilt (``_C.*.so``) or
+    just-in-time built (``convbert_kernels_C_*.so``); Linux only (reads /proc/self/maps), for
+    diagnostics such as checking what the library links."""
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if line.rstrip().endswith(".so") and "/" in line}
+    prebuilt = {p for p in paths if os.path.basename(p).startswith("_C.")
+                and os.path.basename(os.path.dirname(p)) == "convbert_kernels"}
+    jit = {p for p in paths if os.path.basename(p).startswith("convbert_kernels_C")}
+    return sorted(prebuilt | jit)
 
 
 def _is_available(device: torch.device) -> bool:

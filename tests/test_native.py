@@ -48,6 +48,23 @@ def test_auto_picks_native_on_cuda(native):
     assert resolve_backend("auto", torch.device("cuda")).name == "native"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps and ELF headers (Linux)")
+def test_native_extension_links_the_shared_libstdcxx(native):
+    """The extension needs libstdc++.so.6 instead of carrying a static copy: on the H200 machine a
+    static one crashed every check message that formats a number (setup.py, link flags)."""
+    import shutil
+
+    libraries = native.library_paths()
+    assert libraries, "the native extension is loaded but no mapped library looks like it"
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf (binutils) is not installed: cannot read the extension's NEEDED list")
+    for path in libraries:
+        dynamic = subprocess.run([readelf, "-d", path], capture_output=True, text=True, check=True).stdout
+        needed = [line.split("[")[-1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line]
+        assert "libstdc++.so.6" in needed, f"{path} does not link the shared libstdc++ (NEEDED: {needed})"
+
+
 def test_cpu_kernels_registered(native):
     for op in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"convbert_kernels::{op}", "CPU"), op
