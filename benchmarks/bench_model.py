@@ -24,7 +24,9 @@ mode with the config's dropout. ``--dtype bf16|fp16`` trains with fp32 weights u
 Reported: median / p20 / p80 step time, tokens/s (B*L / median), and peak memory of one step above
 what was allocated before it (weights, gradients and optimizer state of earlier steps excluded;
 see benchmarks/common.py for the CUDA and CPU methods); on CUDA also the absolute
-``max_memory_allocated`` as ``peak_total_bytes``.
+``max_memory_allocated`` as ``peak_total_bytes``. ``--profile [N]``: one more step per provider under
+torch.profiler, its N longest kernels (CUDA) or operators (CPU) by self time kept in the row
+(``profile_top``) and printed: where one provider's step differs from another's.
 
 Longest trainable length (``--max-len 512,1024,2048,4096,8192 --max-len-batch 8``): per provider
 (compiled ones left out unless named in ``--max-len-providers``: every new length would compile
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import os
 import sys
 import time
 import traceback
@@ -50,6 +53,10 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# --profile and the CPU peak memory use torch.profiler, whose Kineto backend otherwise prints lines on
+# stderr at every start and stop
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 import torch
 
@@ -202,6 +209,8 @@ def measure(provider: str, args, device: torch.device, state: dict, batch: dict)
         row["peak_bytes"] = common.peak_bytes(step, device)
         if device.type == "cuda":
             row["peak_total_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        if args.profile:
+            row["profile_top"] = common.profile_top(step, device, top=args.profile)
     except Exception as exc:  # noqa: BLE001 -- a provider that fails is a row too
         if args.verbose:
             traceback.print_exc()
@@ -301,6 +310,9 @@ def parse_args(argv=None):
                    help="torch.compile backend of the compiled providers (aot_eager: quick, for smoke runs)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="skip the providers (and searches) that would start after this many seconds")
+    p.add_argument("--profile", type=int, nargs="?", const=15, default=0, metavar="N",
+                   help="after the timing, profile one more step per provider (torch.profiler) and keep its N "
+                        "(default 15) longest operators / kernels by self time in the row, printed too")
     p.add_argument("--out", default=None, help="JSONL (default benchmarks/results/model-<device>.jsonl)")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--verbose", action="store_true")
@@ -351,6 +363,11 @@ def main(argv=None) -> list[dict]:
             print(f"{name:>27}: median {row['median_ms']:.1f} ms [p20 {row['p20_ms']:.1f}, p80 {row['p80_ms']:.1f}] "
                   f"{row['tokens_per_s']:.0f} tokens/s, peak {common.fmt_bytes(row['peak_bytes'])}, "
                   f"eval loss {row['eval_loss']:.5f}, first step {row['first_step_ms']:.0f} ms", flush=True)
+            if row.get("profile_top"):
+                from benchmarks import gpu_summary
+
+                print(f"\n{name}, one step's longest {'kernels' if device.type == 'cuda' else 'operators'} "
+                      f"(self time):\n\n{gpu_summary.profile_table(row['profile_top'])}\n", flush=True)
         save(row)
 
     # Cheap providers first, then the length search, then the compiled ones (slowest to start).

@@ -289,6 +289,38 @@ def mm_gflops(device: torch.device | str, dtype: torch.dtype = torch.float32, si
 
 
 # ----------------------------------------------------------------------------------------------
+# Where a call's time goes
+# ----------------------------------------------------------------------------------------------
+
+
+def profile_top(fn: Callable[[], object], device: torch.device | str, top: int = 15) -> list[dict]:
+    """The ``top`` operators and kernels of one ``fn()`` call by self time, from torch.profiler:
+    device (kernel) time on CUDA, CPU time on the CPU. Each entry: ``name`` (at most 100
+    characters), ``calls`` and ``self_ms``; the list is sorted longest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if on_cuda:
+            torch.cuda.synchronize(device)
+    entries = []
+    for event in prof.key_averages():
+        if on_cuda:  # self_device_time_total in recent torch, self_cuda_time_total before it
+            self_us = getattr(event, "self_device_time_total", None)
+            if self_us is None:
+                self_us = getattr(event, "self_cuda_time_total", 0.0)
+        else:
+            self_us = event.self_cpu_time_total
+        if self_us > 0:
+            entries.append(dict(name=event.key[:100], calls=int(event.count), self_ms=self_us / 1e3))
+    entries.sort(key=lambda e: e["self_ms"], reverse=True)
+    return entries[:top]
+
+
+# ----------------------------------------------------------------------------------------------
 # Memory
 # ----------------------------------------------------------------------------------------------
 

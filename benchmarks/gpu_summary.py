@@ -602,6 +602,14 @@ def max_len_table(rows: list[dict]) -> str:
         ["provider", "max L", "failed at L", "error type", "peak allocated at max L", "error at the failed L"], lines)
 
 
+def profile_table(entries: list[dict]) -> str:
+    """``common.profile_top``'s entries (bench_model ``--profile``) as a table, with each one's share
+    of their sum."""
+    total = sum(e["self_ms"] for e in entries) or 1.0
+    return md_table(["operator / kernel", "calls", "self ms", "share of these"],
+                    [[e["name"], e["calls"], f"{e['self_ms']:.3f}", f"{e['self_ms'] / total:.0%}"] for e in entries])
+
+
 def model_section(work: Path, outdir: Path, dry_run: bool):
     rows = read_jsonl(outdir / "model.jsonl")
     timed = [r for r in rows if r.get("bench") == "model"]
@@ -618,6 +626,12 @@ def model_section(work: Path, outdir: Path, dry_run: bool):
         if left_out:
             body += ("\n\nLeft out of the length search: " + ", ".join(left_out) +
                      " (torch.compile would compile again for every length).")
+    profiled = [r for r in timed if r.get("profile_top")]
+    if profiled:
+        # one table per provider (kernels differ by name across providers, so no shared columns)
+        body += "\n\nOne step's longest kernels (CUDA) or operators (CPU) by self time, per provider (`--profile`):"
+        for r in profiled:
+            body += f"\n\n*{r['provider']}*\n\n" + profile_table(r["profile_top"])
     if dry_run:
         body += "\n\nDry run: the tiny model on CPU, a few providers; numbers mean nothing."
     status = "FAILED" if errors else "PASSED"

@@ -16,8 +16,9 @@
 #                  (scripts/gpu_sanitize_ops.py), and memcheck over the Triton kernels
 #   bench-kernels  span_dynamic_conv at ConvBERT-base dims (B=32 L=512 A=C=384 n=6 K=9), bf16 and
 #                  fp32, forward and full, every provider; GB/s against the op's floor and a measured copy
-#   bench-model    ConvBertForMaskedLM-base training step (bf16, B=32, L=512) per provider, and the
-#                  longest L in 512..8192 each provider trains at B=8
+#   bench-model    ConvBertForMaskedLM-base training step (bf16, B=32, L=512) per provider with its 12
+#                  longest kernels of one step (torch.profiler), and the longest L in 512..8192 each
+#                  provider trains at B=8
 #   ncu            ncu --clock-control none on the Triton and native CUDA kernels at base dims
 #
 # Recommended split on the GPU machine (one command may run 10 minutes and bring back 8 files; a
@@ -28,8 +29,10 @@
 #   3. CONVBERT_COMMIT=<sha> bash scripts/gpu_check.sh --stages bench-model                 "$OUT"
 # Measured on an H200 (2026-11-26, 16 cores): machine start ~30 s, build 42 s (setup 57), GPU tests
 # 59-75 s with 8 pytest workers, the rest of the suite over 184 s, sanitize 62, bench-kernels 75,
-# ncu 28, bench-model 137 with the compiled providers left out for time. The three commands fit
-# one 15-minute lease only just: should time run short, command 3 goes first in the next one.
+# ncu 28, bench-model 137 with the compiled providers left out for time (fourth run: six providers,
+# three of them compiled, 182 s without the length search; each compiled one's first step 36-61 s).
+# The three commands fit one 15-minute lease only just: should time run short, command 3 goes
+# first in the next one.
 # Every stage stops in time: a stage gets at most GPU_CHECK_STAGE_S (450 s) and the command
 # GPU_CHECK_BUDGET_S (570 s); a stage with too little time left is reported NOT RUN, to be run in a
 # command of its own. On a GPU machine with pytest-xdist and 8+ cores the suite runs on 8 workers;
@@ -411,11 +414,12 @@ stage_bench_model() {
         # compiled provider goes through aot_eager here (the same tracing, no code generation)
         args=(--device cpu --size tiny --batch 2 --seq-len 32 --dtype fp32 --warmup 0 --repeats 2
               --providers convbert:eager,convbert:native,hf,hf-patched,convbert-compiled:eager --compile-backend aot_eager
-              --max-len 32,64,128 --max-len-batch 2 --max-len-providers convbert:native,hf)
+              --max-len 32,64,128 --max-len-batch 2 --max-len-providers convbert:native,hf --profile 5)
     else
         # compiled providers come last and their first step compiles (a minute or more each):
         # stop starting new providers two minutes before the stage's time is up
-        args=(--size base --batch 32 --seq-len 512 --dtype bf16
+        # --profile: each provider's longest kernels of one step, to tell why two providers differ
+        args=(--size base --batch 32 --seq-len 512 --dtype bf16 --profile 12
               --max-len 512,1024,2048,4096,8192 --max-len-batch 8 --budget-s "$((stage_s > 180 ? stage_s - 120 : 60))")
     fi
     log "bench_model ${args[*]}"

@@ -399,3 +399,32 @@ def test_native_check_tells_a_static_libstdcxx_from_the_shared_one():
     assert gpu_summary.links_shared_libstdcxx([_ctypes.__file__]) is False
     assert gpu_summary.links_shared_libstdcxx([*native.library_paths(), _ctypes.__file__]) is False
     assert gpu_summary.links_shared_libstdcxx([]).startswith("unknown")
+
+
+def test_profile_top_names_the_longest_work_first():
+    """common.profile_top: the operators of one call by self time, longest first, at most ``top``."""
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+
+    def work():
+        for _ in range(4):
+            torch.mm(a, b)
+        return a + b
+
+    entries = common.profile_top(work, "cpu", top=3)
+    assert 1 <= len(entries) <= 3
+    assert entries[0]["name"] == "aten::mm" and entries[0]["calls"] == 4, entries
+    assert [e["self_ms"] for e in entries] == sorted((e["self_ms"] for e in entries), reverse=True)
+    assert all(e["self_ms"] > 0 for e in entries)
+    table = gpu_summary.profile_table(entries)
+    assert "aten::mm" in table and "share of these" in table
+
+
+def test_bench_model_profile_keeps_each_providers_top_in_its_row(capsys):
+    pytest.importorskip("transformers")
+    rows = bench_model.main(["--device", "cpu", "--size", "tiny", "--batch", "2", "--seq-len", "16", "--dtype", "fp32",
+                             "--warmup", "0", "--repeats", "1", "--providers", "convbert:eager", "--profile", "5",
+                             "--no-save"])
+    assert len(rows) == 1 and "error" not in rows[0], rows
+    top = rows[0]["profile_top"]
+    assert 1 <= len(top) <= 5 and all({"name", "calls", "self_ms"} <= set(e) for e in top)
+    assert "one step's longest operators" in capsys.readouterr().out
