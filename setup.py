@@ -29,6 +29,16 @@ NVCC_PTXAS_FLAGS = ["-Xptxas=--warn-on-spills,--warning-as-error"]
 DEFAULT_ARCH_FLAGS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
 
 
+def _link_module():
+    """convbert_kernels/_link.py, loaded by path (the package is not importable while it is built)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convbert_kernels_link", ROOT / "convbert_kernels" / "_link.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _extensions():
     if os.environ.get("CONVBERT_KERNELS_NO_EXTENSION", "") == "1":
         return [], {}
@@ -52,11 +62,7 @@ def _extensions():
         and os.environ.get("CONVBERT_KERNELS_NO_CUDA", "") != "1"
     )
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    # The shared libstdc++ by name, ahead of the driver's own -lstdc++. On the H200 machine the
-    # extension came out with libstdc++ linked in statically (no libstdc++.so.6 among its NEEDED):
-    # a private copy whose stream locale is never set up, so formatting a number in a TORCH_CHECK
-    # message crashed the process (2026-11-26); here the same static link truncates the message.
-    link_flags = [*openmp, "-l:libstdc++.so.6"] if sys.platform.startswith("linux") else []
+    link_flags = [*openmp, *_link_module().shared_libstdcxx_flags()]
     # -fno-trapping-math (as PyTorch's own build): lets the CPU kernels' branch-free selects vectorise
     cxx_flags = ["-O3", "-fno-trapping-math", *openmp]
     define_macros = []

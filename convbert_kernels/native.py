@@ -107,12 +107,10 @@ def _openmp_flags() -> list[str]:
 
 
 def _link_flags() -> list[str]:
-    # as setup.py: OpenMP, and the shared libstdc++ named before the driver's -lstdc++, so that no
-    # private static copy (whose stream locale is never initialised) is linked in where only
-    # libstdc++.a is found
-    import sys
+    # as setup.py: OpenMP, and the shared libstdc++ named ahead of the driver's own (_link.py)
+    from ._link import shared_libstdcxx_flags
 
-    return [*_openmp_flags(), "-l:libstdc++.so.6"] if sys.platform.startswith("linux") else []
+    return [*_openmp_flags(), *shared_libstdcxx_flags()]
 
 
 def _load_library() -> str:

@@ -65,6 +65,23 @@ def test_native_extension_links_the_shared_libstdcxx(native):
         assert "libstdc++.so.6" in needed, f"{path} does not link the shared libstdc++ (NEEDED: {needed})"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the libstdc++ link flag is added on Linux only")
+def test_libstdcxx_flag_only_where_the_compiler_finds_the_library(monkeypatch):
+    """_link.shared_libstdcxx_flags: the flag with a compiler that finds libstdc++.so.6 (the one that
+    builds the extension here), nothing and a warning with one that does not."""
+    import shutil
+
+    from convbert_kernels import _link
+
+    compiler = shutil.which(os.environ.get("CXX") or "c++")
+    assert compiler, "no C++ compiler: the native extension could not have been built"
+    monkeypatch.setenv("CXX", compiler)
+    assert _link.shared_libstdcxx_flags() == ["-l:libstdc++.so.6"]
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.warns(UserWarning, match="does not find libstdc"):
+        assert _link.shared_libstdcxx_flags() == []
+
+
 def test_cpu_kernels_registered(native):
     for op in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"convbert_kernels::{op}", "CPU"), op
