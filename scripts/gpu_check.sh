@@ -235,6 +235,12 @@ if torch.cuda.is_available():
     print("device", p.name, "capability %d.%d" % (p.major, p.minor), p.multi_processor_count, "SMs", p.total_memory, "bytes")
 EOF
     command -v nvcc >/dev/null && nvcc --version | tail -n 2
+    # which libstdc++ the linker can take (a static one in the extension crashed its error messages
+    # on the H200 machine; convbert_kernels/_link.py)
+    local lib
+    for lib in libstdc++.so libstdc++.so.6 libstdc++.a; do
+        echo "${CXX:-c++} -print-file-name=$lib: $("${CXX:-c++}" -print-file-name="$lib" 2>&1)"
+    done
     echo "commit $CONVBERT_COMMIT"
     ensure_built
     local rc=$? expect=()
