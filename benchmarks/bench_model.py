@@ -62,7 +62,7 @@ import torch
 
 import convbert_kernels
 from convbert.configuration import MODEL_SIZES
-from benchmarks import common
+from benchmarks import common, gpu_summary
 
 # Hugging Face config keys of the published sizes, from the library itself.
 SIZES = MODEL_SIZES
@@ -364,8 +364,6 @@ def main(argv=None) -> list[dict]:
                   f"{row['tokens_per_s']:.0f} tokens/s, peak {common.fmt_bytes(row['peak_bytes'])}, "
                   f"eval loss {row['eval_loss']:.5f}, first step {row['first_step_ms']:.0f} ms", flush=True)
             if row.get("profile_top"):
-                from benchmarks import gpu_summary
-
                 print(f"\n{name}, one step's longest {'kernels' if device.type == 'cuda' else 'operators'} "
                       f"(self time):\n\n{gpu_summary.profile_table(row['profile_top'])}\n", flush=True)
         save(row)
@@ -390,7 +388,7 @@ def main(argv=None) -> list[dict]:
         search_state = None
     for name in [n for n in names if is_compiled(n)]:
         timed(name)
-    from benchmarks import gpu_summary, plot
+    from benchmarks import plot
 
     print()
     print(plot.model_table(rows))

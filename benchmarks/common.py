@@ -308,12 +308,7 @@ def profile_top(fn: Callable[[], object], device: torch.device | str, top: int =
             torch.cuda.synchronize(device)
     entries = []
     for event in prof.key_averages():
-        if on_cuda:  # self_device_time_total in recent torch, self_cuda_time_total before it
-            self_us = getattr(event, "self_device_time_total", None)
-            if self_us is None:
-                self_us = getattr(event, "self_cuda_time_total", 0.0)
-        else:
-            self_us = event.self_cpu_time_total
+        self_us = event.self_device_time_total if on_cuda else event.self_cpu_time_total
         if self_us > 0:
             entries.append(dict(name=event.key[:100], calls=int(event.count), self_ms=self_us / 1e3))
     entries.sort(key=lambda e: e["self_ms"], reverse=True)

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -197,19 +196,6 @@ def header_lines(info: dict) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def links_shared_libstdcxx(libraries: list[str]) -> bool | str:
-    """Whether every library in ``libraries`` needs libstdc++.so.6 (its ELF NEEDED list, by readelf),
-    or why that could not be read."""
-    readelf = shutil.which("readelf")
-    if not libraries or readelf is None:
-        return "unknown: " + ("no library found" if not libraries else "readelf not installed")
-    for path in libraries:
-        dynamic = subprocess.run([readelf, "-d", path], capture_output=True, text=True).stdout
-        if not any("(NEEDED)" in line and "[libstdc++.so.6]" in line for line in dynamic.splitlines()):
-            return False
-    return True
-
-
 def native_check(expect_cuda: bool) -> tuple[bool, dict]:
     """(ok, facts): the native backend loads, and with ``expect_cuda`` its CUDA kernels are
     registered and usable on the GPU."""
@@ -226,13 +212,15 @@ def native_check(expect_cuda: bool) -> tuple[bool, dict]:
 
             facts["how_loaded"] = native.HOW_LOADED
             facts["cuda_kernels_registered"] = bool(native.HAS_CUDA_KERNELS)
+            from convbert_kernels._link import links_shared_libstdcxx
+
             facts["shared_libstdcxx"] = links_shared_libstdcxx(native.library_paths())
         facts["backends_cpu"] = ck.available_backends("cpu")
         if torch.cuda.is_available():
             facts["backends_cuda"] = ck.available_backends("cuda")
     except Exception as exc:  # noqa: BLE001
         facts["error"] = f"{type(exc).__name__}: {exc}"[:500]
-    # a static libstdc++ in the extension crashed its error messages on the H200 machine (setup.py)
+    # a static libstdc++ in the extension crashed its error messages on the H200 machine (_link.py)
     ok = "error" not in facts and facts.get("load_error") is None and facts.get("shared_libstdcxx") is not False
     if expect_cuda:
         ok = ok and facts.get("cuda_kernels_registered") is True and "native" in facts.get("backends_cuda", [])
@@ -269,7 +257,7 @@ def setup_section(work: Path, dry_run: bool):
     else:
         note = "native backend missing or without CUDA kernels"
         if facts.get("shared_libstdcxx") is False:
-            note = "the native extension links a static libstdc++ (its error messages crash): see setup.py"
+            note = "the native extension links a static libstdc++ (its error messages crash): see convbert_kernels/_link.py"
     return status, note, md_table(["check", "result"], rows)
 
 

@@ -1,4 +1,5 @@
-"""Link flags of the native extension shared by setup.py (prebuilt) and native.py (just in time).
+"""How the native extension links libstdc++: the flags shared by setup.py (prebuilt) and native.py
+(just in time), and the check of a built library.
 
 Plain Python, no torch import: setup.py loads this file by path before the package is importable.
 """
@@ -33,3 +34,18 @@ def shared_libstdcxx_flags() -> list[str]:
                       "crash: see convbert_kernels/_link.py)", stacklevel=2)
         return []
     return ["-l:libstdc++.so.6"]
+
+
+def links_shared_libstdcxx(libraries: list[str]) -> bool | str:
+    """Whether every shared object in ``libraries`` needs libstdc++.so.6 (its ELF NEEDED list, read
+    by readelf): False for one that carries libstdc++ inside, or a string saying why it is unknown."""
+    import shutil
+
+    readelf = shutil.which("readelf")
+    if not libraries or readelf is None:
+        return "unknown: " + ("no library given" if not libraries else "readelf (binutils) is not installed")
+    for path in libraries:
+        dynamic = subprocess.run([readelf, "-d", path], capture_output=True, text=True, check=True).stdout
+        if not any("(NEEDED)" in line and "[libstdc++.so.6]" in line for line in dynamic.splitlines()):
+            return False
+    return True

@@ -383,24 +383,6 @@ def test_script_help():
     assert "--stages" in proc.stdout and "Recommended split" in proc.stdout
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("readelf") is None,
-                    reason="reads ELF NEEDED lists with readelf (Linux, binutils)")
-def test_native_check_tells_a_static_libstdcxx_from_the_shared_one():
-    """The setup stage's libstdc++ check: True for the native extension, False for a C library that
-    needs no libstdc++ at all (as a statically linked one looks), and says why when it cannot tell."""
-    import _ctypes  # a C extension module: libc and libffi, no libstdc++
-
-    import convbert_kernels as ck
-
-    assert ck.backend_load_error("native") is None, ck.backend_load_error("native")
-    from convbert_kernels import native
-
-    assert gpu_summary.links_shared_libstdcxx(native.library_paths()) is True
-    assert gpu_summary.links_shared_libstdcxx([_ctypes.__file__]) is False
-    assert gpu_summary.links_shared_libstdcxx([*native.library_paths(), _ctypes.__file__]) is False
-    assert gpu_summary.links_shared_libstdcxx([]).startswith("unknown")
-
-
 def test_profile_top_names_the_longest_work_first():
     """common.profile_top: the operators of one call by self time, longest first, at most ``top``."""
     a, b = torch.randn(256, 256), torch.randn(256, 256)

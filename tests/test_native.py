@@ -51,18 +51,23 @@ def test_auto_picks_native_on_cuda(native):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps and ELF headers (Linux)")
 def test_native_extension_links_the_shared_libstdcxx(native):
     """The extension needs libstdc++.so.6 instead of carrying a static copy: on the H200 machine a
-    static one crashed every check message that formats a number (setup.py, link flags)."""
+    static one crashed every check message that formats a number (_link.py). The check itself (the
+    GPU kit's setup stage uses it): False for a C library without libstdc++ (as a static link looks),
+    and a reason when there is nothing to read."""
     import shutil
+
+    import _ctypes  # a C extension module: libc and libffi, no libstdc++
+
+    from convbert_kernels._link import links_shared_libstdcxx
 
     libraries = native.library_paths()
     assert libraries, "the native extension is loaded but no mapped library looks like it"
-    readelf = shutil.which("readelf")
-    if readelf is None:
+    if shutil.which("readelf") is None:
         pytest.skip("readelf (binutils) is not installed: cannot read the extension's NEEDED list")
-    for path in libraries:
-        dynamic = subprocess.run([readelf, "-d", path], capture_output=True, text=True, check=True).stdout
-        needed = [line.split("[")[-1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line]
-        assert "libstdc++.so.6" in needed, f"{path} does not link the shared libstdc++ (NEEDED: {needed})"
+    assert links_shared_libstdcxx(libraries) is True, libraries
+    assert links_shared_libstdcxx([_ctypes.__file__]) is False
+    assert links_shared_libstdcxx([*libraries, _ctypes.__file__]) is False
+    assert links_shared_libstdcxx([]).startswith("unknown")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the libstdc++ link flag is added on Linux only")
