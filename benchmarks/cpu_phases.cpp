@@ -114,6 +114,7 @@ struct Kernels;
     template <typename... Args>                                                            \
     static void backward(Args... a) { ns::span_backward_range(a...); }                     \
     static constexpr int64_t kPad = ns::kGemmPad, kSub = ns::kSubRange;                    \
+    static int64_t l2_bytes() { return ns::l2_cache_bytes(); }                             \
   };
 #ifdef MULTI_ISA
 PHASES_KERNELS(2, isa_avx512, "avx512")
@@ -169,8 +170,8 @@ int run(int argc, char** argv) {
   Buffer ca(kRange * Ap), logits(KK::kSub * Rp), dl(kRange * R), d_ca(KK::kSub * Ap);
   const bool* no_mask = nullptr;
   const int64_t* no_bounds = nullptr;
-  // streaming stores for the outputs from 4 MiB, as the extension (kStreamBytes there)
-  const bool stream = N * C * static_cast<int64_t>(sizeof(float)) >= (int64_t{4} << 20);
+  // streaming stores for outputs of half the L2 or more, as the extension (stream_bytes there)
+  const bool stream = N * C * static_cast<int64_t>(sizeof(float)) >= KK::l2_bytes() / 2;
   double forward_s = 0, backward_s = 0;
   for (int64_t round = -1; round < rounds; ++round) {  // round -1: warm-up, not counted
     if (round == 0) std::fill(std::begin(phases::seconds), std::end(phases::seconds), 0.0);
