@@ -174,7 +174,7 @@ def test_every_cpu_instruction_set_matches_oracle(native, isa):
         print("ok")
         """
     )
-    # every output streamed that can be (by default only those of 4 MiB or more are)
+    # every output streamed that can be (by default only those of half the L2 or more are)
     env = dict(os.environ, CONVBERT_KERNELS_CPU_ISA=isa, CONVBERT_KERNELS_STREAM_BYTES="0")
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-3000:]
