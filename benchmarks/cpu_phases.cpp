@@ -23,6 +23,8 @@
 #include <utility>
 #include <vector>
 
+#include "../csrc/cpu_cache.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>  // the kernels' streaming stores
 #endif
@@ -114,7 +116,6 @@ struct Kernels;
     template <typename... Args>                                                            \
     static void backward(Args... a) { ns::span_backward_range(a...); }                     \
     static constexpr int64_t kPad = ns::kGemmPad, kSub = ns::kSubRange;                    \
-    static int64_t l2_bytes() { return ns::l2_cache_bytes(); }                             \
   };
 #ifdef MULTI_ISA
 PHASES_KERNELS(2, isa_avx512, "avx512")
@@ -171,7 +172,7 @@ int run(int argc, char** argv) {
   const bool* no_mask = nullptr;
   const int64_t* no_bounds = nullptr;
   // streaming stores for outputs of half the L2 or more, as the extension (stream_bytes there)
-  const bool stream = N * C * static_cast<int64_t>(sizeof(float)) >= KK::l2_bytes() / 2;
+  const bool stream = N * C * static_cast<int64_t>(sizeof(float)) >= convbert_kernels::l2_cache_bytes() / 2;
   double forward_s = 0, backward_s = 0;
   for (int64_t round = -1; round < rounds; ++round) {  // round -1: warm-up, not counted
     if (round == 0) std::fill(std::begin(phases::seconds), std::end(phases::seconds), 0.0);

@@ -13,7 +13,6 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -25,6 +24,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu_cache.h"
 #include "span_dynamic_conv.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
@@ -115,7 +115,7 @@ int64_t num_ranges(int64_t N) { return (N + kRange - 1) / kRange; }
 int64_t stream_bytes() {
   static const int64_t bytes = [] {
     const char* env = std::getenv("CONVBERT_KERNELS_STREAM_BYTES");
-    if (env == nullptr) return cpu_base::l2_cache_bytes() / 2;
+    if (env == nullptr) return l2_cache_bytes() / 2;
     // a number of bytes, whole: a typo must not silently become 0 (which streams every output)
     char* end = nullptr;
     errno = 0;
