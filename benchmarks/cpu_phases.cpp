@@ -180,14 +180,14 @@ int run(int argc, char** argv) {
     for (int64_t r = 0; r < ranges; ++r) {
       const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
       KK::forward(q.data(), kc.data(), v.data(), weight_t.data(), bias_p.data(), no_mask, no_bounds, no_bounds,
-                  out.data(), probs.data(), L, n, d, K, A, Rp, pl, n0, n1, ca.data(), logits.data(), stream);
+                  out.data(), probs.data(), L, n, d, K, A, Rp, pl, n0, n1, N, ca.data(), logits.data(), stream);
     }
     const double t1 = phases::now();
     for (int64_t r = 0; r < ranges; ++r) {
       const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
       KK::backward(g.data(), q.data(), kc.data(), v.data(), weight_p.data(), probs.data(), no_mask, no_bounds,
                    no_bounds, dv.data(), dq.data(), dkc.data(), dw.data() + r * R * Ap, db.data() + r * R, L, n, d,
-                   K, A, Ap, pl, n0, n1, dl.data(), ca.data(), d_ca.data(), stream);
+                   K, A, Ap, pl, n0, n1, N, dl.data(), ca.data(), d_ca.data(), stream);
     }
     const double t2 = phases::now();
     if (round >= 0) {

@@ -279,10 +279,11 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
       constexpr int64_t kSub = cpu_base::kSubRange;  // the same in every ISA's instantiation
       const int64_t sub = std::min(kSub, N);
       Scratch<acc_t> ca(sub * A), logits(sub * Rp);
+      const int64_t last_token = std::min(N, end * kRange);  // this thread's tokens end there
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(span_forward_range, q, kc, v, wt, bp, m, seq_lo, seq_hi, o, p, L, n, d, K, A, Rp,
-                          padding_l, n0, n1, ca.data(), logits.data(), stream_out);
+                          padding_l, n0, n1, last_token, ca.data(), logits.data(), stream_out);
       }
     });
   });
@@ -331,11 +332,12 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       const int64_t tokens = std::min(kRange, N), sub = std::min(cpu_base::kSubRange, N);
       Scratch<acc_t> dl(tokens * R), ca(tokens * Ap), d_ca(sub * Ap);
+      const int64_t last_token = std::min(N, end * kRange);  // this thread's tokens end there
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(span_backward_range, g, q, kc, v, wp, p, m, seq_lo, seq_hi, dv, dq, dkc, dw + r * R * Ap,
-                          db + r * R, L, n, d, K, A, Ap, padding_l, n0, n1, dl.data(), ca.data(), d_ca.data(),
-                          stream_out);
+                          db + r * R, L, n, d, K, A, Ap, padding_l, n0, n1, last_token, dl.data(), ca.data(),
+                          d_ca.data(), stream_out);
       }
     });
     // the ranges' partials added in range order (the same sums for any thread count)
