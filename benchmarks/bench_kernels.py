@@ -15,7 +15,8 @@ Modes
 On the CPU the providers of a case are timed in alternation, call by call, mode by mode
 (``common.time_cpu_interleaved``; ``--no-interleave`` times them one after the other): a shared
 machine's speed drifts by tens of percent over seconds, and alternation lets the drift fall on all
-providers alike.
+providers alike. ``--versus-dtype`` adds every provider in a second dtype to the same alternation
+(e.g. whether native bf16 is faster than native fp32 on this CPU) and prints the two dtypes' ratios.
 
 Every measurement is one JSON line in ``benchmarks/results/kernels-<device>.jsonl`` with the
 device, dtype, shapes, versions and git commit (see ``benchmarks/common.py`` for the timing and
@@ -30,6 +31,7 @@ Examples::
     python -m benchmarks.bench_kernels --preset cpu
     python -m benchmarks.bench_kernels --preset gpu
     python -m benchmarks.bench_kernels --preset native-vs-compiled --threads 1 --baseline compiled-eager
+    python -m benchmarks.bench_kernels --preset native-vs-compiled --threads 1 --providers native --versus-dtype bf16
     python -m benchmarks.bench_kernels --seq-lens 128,512 --batches 8 --dims 384,384,6,9 --dtype fp32
 """
 
@@ -41,7 +43,7 @@ import math
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
@@ -216,6 +218,12 @@ class Prepared:
     base: dict  # the fields every row of this provider and case carries
     first_call_ms: float
     saved_bytes: int | None
+    case: Case
+
+    @property
+    def key(self) -> str:
+        """The name its timings go by: the provider, and the dtype (two dtypes can be timed together)."""
+        return f"{self.name}:{self.case.dtype}"
 
 
 def prepare(case: Case, name: str, op, device: torch.device) -> Prepared | dict:
@@ -235,14 +243,14 @@ def prepare(case: Case, name: str, op, device: torch.device) -> Prepared | dict:
         saved = common.saved_bytes(lambda: op(*inputs, case.heads))
     except Exception:  # noqa: BLE001
         saved = None
-    return Prepared(name, op, inputs, grad, base, first_call_ms, saved)
+    return Prepared(name, op, inputs, grad, base, first_call_ms, saved, case)
 
 
 def _timings(prepared: list[Prepared], fns: dict, device: torch.device, args) -> dict[str, dict | Exception]:
     """name -> time_fn's summary, or the exception the provider raised. On the CPU the providers
     are timed in alternation (common.time_cpu_interleaved: drift of a shared machine falls on all
     alike), each for at least --min-time; if one fails there, each is timed alone."""
-    grads = {p.name: p.inputs for p in prepared}
+    grads = {p.key: p.inputs for p in prepared}
     if device.type == "cpu" and args.interleave and len(fns) > 1:
         try:
             return common.time_cpu_interleaved(fns, warmup=args.warmup, repeats=args.repeats,
@@ -261,45 +269,51 @@ def _timings(prepared: list[Prepared], fns: dict, device: torch.device, args) ->
 
 
 def measure_case(case: Case, provs: dict, device: torch.device, modes, args) -> list[dict]:
-    """Every provider's rows for one case, mode by mode (providers in PROVIDER_ORDER, modes in turn)."""
-    rows: dict[str, list[dict]] = {name: [] for name in provs}
+    """Every provider's rows for one case, mode by mode (providers in PROVIDER_ORDER, modes in turn).
+    With ``args.versus_dtype``, every provider runs the case in that dtype too, timed in the same
+    alternation (on the CPU), so the two dtypes' times compare like with like."""
+    variants = [(name, case) for name in provs]
+    if getattr(args, "versus_dtype", None) and args.versus_dtype != case.dtype:
+        other = replace(case, dtype=args.versus_dtype)
+        variants = [v for name in provs for v in ((name, case), (name, other))]
+    rows: dict[tuple, list[dict]] = {(name, c.dtype): [] for name, c in variants}
     prepared = []
-    for name, op in provs.items():
-        p = prepare(case, name, op, device)
+    for name, c in variants:
+        p = prepare(c, name, provs[name], device)
         if isinstance(p, dict):
-            rows[name] = [dict(p, mode=m) for m in modes]
+            rows[name, c.dtype] = [dict(p, mode=m) for m in modes]
         else:
             prepared.append(p)
     for mode in modes:
         fns, ready = {}, []
         for p in prepared:
             row = dict(p.base, mode=mode, first_call_ms=p.first_call_ms, saved_bytes=p.saved_bytes,
-                       floor_bytes=case.floor_bytes(mode))
+                       floor_bytes=p.case.floor_bytes(mode))
             try:
-                fns[p.name] = mode_fn(p.op, p.inputs, p.grad, case.heads, mode)
+                fns[p.key] = mode_fn(p.op, p.inputs, p.grad, case.heads, mode)
                 ready.append((p, row))
             except Exception as exc:  # noqa: BLE001
-                rows[p.name].append(dict(row, error=common.error_text(exc)))
+                rows[p.name, p.case.dtype].append(dict(row, error=common.error_text(exc)))
         timings = _timings([p for p, _ in ready], fns, device, args)
         for p, row in ready:
-            timing = timings[p.name]
+            timing = timings[p.key]
             try:
                 if isinstance(timing, Exception):
                     raise timing
                 row.update(timing)
                 common.reset_grads(p.inputs)
-                row["peak_bytes"] = common.peak_bytes(fns[p.name], device)
+                row["peak_bytes"] = common.peak_bytes(fns[p.key], device)
                 common.reset_grads(p.inputs)
-                _rates(row, case, mode, device, args)
+                _rates(row, p.case, mode, device, args)
             except Exception as exc:  # noqa: BLE001
                 if args.verbose:
                     traceback.print_exc()
                 row["error"] = common.error_text(exc)
-            rows[p.name].append(row)
+            rows[p.name, p.case.dtype].append(row)
         fns = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return [row for name in provs for row in rows[name]]
+    return [row for key in rows for row in rows[key]]
 
 
 def _rates(row: dict, case: Case, mode: str, device: torch.device, args) -> None:
@@ -307,7 +321,7 @@ def _rates(row: dict, case: Case, mode: str, device: torch.device, args) -> None
     row["effective_gbps"] = row["floor_bytes"] / (row["median_ms"] * 1e-3) / 1e9
     row["flops"] = case.flops(mode)
     row["gflops"] = row["flops"] / (row["median_ms"] * 1e-3) / 1e9
-    mm_gflops = getattr(args, "mm_gflops", None)
+    mm_gflops = getattr(args, "mm_gflops_of", {}).get(case.dtype, getattr(args, "mm_gflops", None))
     if mm_gflops:  # the op's arithmetic rate against a large torch.mm's on this device, this thread count
         row["mm_gflops"] = mm_gflops
         row["fraction_of_mm"] = row["gflops"] / mm_gflops
@@ -349,6 +363,9 @@ def parse_args(argv=None):
     p.add_argument("--dims", action="append", type=_ints, metavar="A,C,n,K",
                    help="all_head_size A, value channels C, heads n, kernel K (repeatable)")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "fp64"])
+    p.add_argument("--versus-dtype", choices=["fp32", "fp16", "bf16", "fp64"],
+                   help="time every provider in this dtype too, in the same alternation (e.g. native bf16 "
+                        "against fp32 on the CPU); prints the time ratios of the two dtypes")
     p.add_argument("--modes", type=lambda s: s.split(","), help="subset of forward,backward,full")
     p.add_argument("--providers", type=lambda s: s.split(","), help=f"subset of {','.join(PROVIDER_ORDER)}")
     p.add_argument("--include-interpreted", action="store_true", help="time triton on CPU via the interpreter")
@@ -406,6 +423,10 @@ def main(argv=None) -> list[dict]:
         args.copy_gbps = common.copy_bandwidth_gbps(device)
     if args.mm_gflops is None:
         args.mm_gflops = common.mm_gflops(device, common.dtype_from_name(spec["dtype"]))
+    args.mm_gflops_of = {spec["dtype"]: args.mm_gflops}
+    if args.versus_dtype and args.versus_dtype != spec["dtype"]:  # the other dtype's own ceiling
+        args.mm_gflops_of[args.versus_dtype] = (common.mm_gflops(device, common.dtype_from_name(args.versus_dtype))
+                                                if args.mm_gflops else args.mm_gflops)
     cases = cases_from(spec)
     print(f"# span_dynamic_conv on {common.device_name(device)}: providers {list(provs)}, "
           f"{len(cases)} shapes, modes {spec['modes']}, dtype {spec['dtype']}, torch {torch.__version__}, "
@@ -424,6 +445,9 @@ def main(argv=None) -> list[dict]:
 
     print()
     print(plot.kernel_speedup_table(all_rows, baseline=args.baseline))
+    if args.versus_dtype and args.versus_dtype != spec["dtype"]:
+        print()
+        print(plot.dtype_ratio_table(all_rows, spec["dtype"], args.versus_dtype))
     if not args.no_save:
         print(f"\nrows appended to {out_path}")
     return all_rows

@@ -85,6 +85,25 @@ def kernel_speedup_table(rows: list[dict], baseline: str = "reference") -> str:
     return f"**{title}**\n\n" + common.markdown_table(header, lines)
 
 
+def dtype_ratio_table(rows: list[dict], dtype: str, versus: str) -> str:
+    """Markdown: per shape, mode and provider, the median ms in both dtypes and their ratio."""
+    by = {}
+    for r in kernel_rows(rows):
+        if "error" not in r:
+            by[r["provider"], r["batch"], r["seq_len"], r["A"], r["C"], r["heads"], r["K"], r["mode"], r["dtype"]] = r
+    lines = []
+    for key, r in by.items():
+        if key[-1] != dtype or key[:-1] + (versus,) not in by:
+            continue
+        other = by[key[:-1] + (versus,)]
+        provider, B, L, A, C, n, K, mode = key[:-1]
+        lines.append([provider, f"{B}", f"{L}", f"{A}/{C}/{n}/{K}", MODE_TITLE[mode], f"{r['median_ms']:.2f}",
+                      f"{other['median_ms']:.2f}", f"{r['median_ms'] / other['median_ms']:.2f}"])
+    header = ["provider", "B", "L", "A/C/n/K", "mode", f"{dtype} ms", f"{versus} ms", f"{dtype} / {versus}"]
+    return (f"**{versus} against {dtype}: median ms and their ratio (above 1: {versus} is the faster)**\n\n"
+            + common.markdown_table(header, lines))
+
+
 def model_rows(rows):
     def key(r):
         return (r["device"], r["dtype"], r["size"], r["batch"], r["seq_len"], r["provider"])

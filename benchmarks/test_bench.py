@@ -103,6 +103,24 @@ def test_tables_and_plot(benchmark, device, tmp_path):
     assert len(paths) == 1 and paths[0].stat().st_size > 0
 
 
+def test_versus_dtype_times_both_dtypes_together(device):
+    """--versus-dtype: every provider in both dtypes, timed in one alternation on the CPU, each row
+    carrying its own dtype and ceiling, and the ratio table pairing them."""
+    rows = bench_kernels.main(["--device", str(device), "--seq-lens", "48", "--batches", "1", "--dims", "32,32,2,3",
+                               "--providers", "eager,native", "--modes", "full", "--dtype", "fp32",
+                               "--versus-dtype", "bf16", "--repeats", "2", "--min-time", "0", "--no-save",
+                               "--mm-gflops", "1"])
+    assert not any("error" in r for r in rows)
+    assert sorted((r["provider"], r["dtype"]) for r in rows) == [
+        ("eager", "bf16"), ("eager", "fp32"), ("native", "bf16"), ("native", "fp32")]
+    if device.type == "cpu":  # the four callables alternate
+        assert all(r["interleaved_with"] == 3 for r in rows)
+    table = plot.dtype_ratio_table(rows, "fp32", "bf16")
+    by = {(r["provider"], r["dtype"]): r["median_ms"] for r in rows}
+    assert f"| native | 1 | 48 | 32/32/2/3 | forward + backward | {by['native', 'fp32']:.2f} |" in table
+    assert table.count("| forward + backward |") == 2
+
+
 @pytest.mark.slow
 def test_window_quick_preset(benchmark, device, tmp_path):
     """bench_window --preset quick: both ops and windows, every provider checked against the float64
