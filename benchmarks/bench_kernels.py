@@ -247,7 +247,7 @@ def prepare(case: Case, name: str, op, device: torch.device) -> Prepared | dict:
 
 
 def _timings(prepared: list[Prepared], fns: dict, device: torch.device, args) -> dict[str, dict | Exception]:
-    """name -> time_fn's summary, or the exception the provider raised. On the CPU the providers
+    """key (Prepared.key) -> time_fn's summary, or the exception the provider raised. On the CPU the providers
     are timed in alternation (common.time_cpu_interleaved: drift of a shared machine falls on all
     alike), each for at least --min-time; if one fails there, each is timed alone."""
     grads = {p.key: p.inputs for p in prepared}
@@ -273,7 +273,7 @@ def measure_case(case: Case, provs: dict, device: torch.device, modes, args) -> 
     With ``args.versus_dtype``, every provider runs the case in that dtype too, timed in the same
     alternation (on the CPU), so the two dtypes' times compare like with like."""
     variants = [(name, case) for name in provs]
-    if getattr(args, "versus_dtype", None) and args.versus_dtype != case.dtype:
+    if getattr(args, "versus_dtype", None):  # main() leaves it None when it is the case's own dtype
         other = replace(case, dtype=args.versus_dtype)
         variants = [v for name in provs for v in ((name, case), (name, other))]
     rows: dict[tuple, list[dict]] = {(name, c.dtype): [] for name, c in variants}
@@ -423,8 +423,10 @@ def main(argv=None) -> list[dict]:
         args.copy_gbps = common.copy_bandwidth_gbps(device)
     if args.mm_gflops is None:
         args.mm_gflops = common.mm_gflops(device, common.dtype_from_name(spec["dtype"]))
+    if args.versus_dtype == spec["dtype"]:
+        args.versus_dtype = None  # nothing to compare with
     args.mm_gflops_of = {spec["dtype"]: args.mm_gflops}
-    if args.versus_dtype and args.versus_dtype != spec["dtype"]:  # the other dtype's own ceiling
+    if args.versus_dtype:  # the other dtype's own ceiling
         args.mm_gflops_of[args.versus_dtype] = (common.mm_gflops(device, common.dtype_from_name(args.versus_dtype))
                                                 if args.mm_gflops else args.mm_gflops)
     cases = cases_from(spec)
@@ -445,7 +447,7 @@ def main(argv=None) -> list[dict]:
 
     print()
     print(plot.kernel_speedup_table(all_rows, baseline=args.baseline))
-    if args.versus_dtype and args.versus_dtype != spec["dtype"]:
+    if args.versus_dtype:
         print()
         print(plot.dtype_ratio_table(all_rows, spec["dtype"], args.versus_dtype))
     if not args.no_save:
