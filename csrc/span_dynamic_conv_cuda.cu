@@ -84,6 +84,11 @@ constexpr size_t kSmemDefault = 48 * 1024;  // above it a kernel must opt in
 // The fused kernels state their occupancy target: left without one, ptxas (sm_90) spilled a few
 // bytes at 40 registers chasing occupancy; with it they use up to 128 and spill nothing.
 constexpr int kMinBlocks = 2;
+// The fused forward is latency-bound (ncu: half its stalls wait on global loads), so it asks for
+// four blocks per SM (64 registers, no spill): 0.233 -> 0.136 ms at ConvBERT-base dims, bf16, on an
+// H200 (benchmarks/results/gpu-check-nvidia-h200-2026-11-27). The projection backward got slower
+// at four (0.294 -> 0.343 ms), so it keeps kMinBlocks.
+constexpr int kForwardMinBlocks = 4;
 constexpr int kBT = 32;                  // projection backward: tokens per tile
 constexpr int kBA = 32;                  // projection backward: columns of A per block
 constexpr int kPerThread = kBT * kBA / kThreads;  // (token, column) pairs per thread and tile
@@ -506,7 +511,7 @@ __global__ void __launch_bounds__(kThreads)
 // One block per tile of tt (a multiple of 16) tokens of one batch row, all heads; see the file
 // comment. weight [R, A], bias [R] or nullptr: the input dtype.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
+__global__ void __launch_bounds__(kThreads, kForwardMinBlocks)
     span_forward_kernel(const scalar_t* __restrict__ query, const scalar_t* __restrict__ key_conv,
                         const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias,
                         const scalar_t* __restrict__ values, const bool* __restrict__ mask,
