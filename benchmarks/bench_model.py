@@ -26,7 +26,9 @@ what was allocated before it (weights, gradients and optimizer state of earlier 
 see benchmarks/common.py for the CUDA and CPU methods); on CUDA also the absolute
 ``max_memory_allocated`` as ``peak_total_bytes``. ``--profile [N]``: one more step per provider under
 torch.profiler, its N longest kernels (CUDA) or operators (CPU) by self time kept in the row
-(``profile_top``) and printed: where one provider's step differs from another's.
+(``profile_top``) and printed: where one provider's step differs from another's; with the sum of
+every kernel's self time (``profile_total_ms``): on CUDA, set against the median step, the share of
+the step the GPU is busy (the rest it waits on the host).
 
 Longest trainable length (``--max-len 512,1024,2048,4096,8192 --max-len-batch 8``): per provider
 (compiled ones left out unless named in ``--max-len-providers``: every new length would compile
@@ -210,7 +212,7 @@ def measure(provider: str, args, device: torch.device, state: dict, batch: dict)
         if device.type == "cuda":
             row["peak_total_bytes"] = int(torch.cuda.max_memory_allocated(device))
         if args.profile:
-            row["profile_top"] = common.profile_top(step, device, top=args.profile)
+            row["profile_top"], row["profile_total_ms"] = common.profile_top(step, device, top=args.profile)
     except Exception as exc:  # noqa: BLE001 -- a provider that fails is a row too
         if args.verbose:
             traceback.print_exc()
@@ -365,7 +367,8 @@ def main(argv=None) -> list[dict]:
                   f"eval loss {row['eval_loss']:.5f}, first step {row['first_step_ms']:.0f} ms", flush=True)
             if row.get("profile_top"):
                 print(f"\n{name}, one step's longest {'kernels' if device.type == 'cuda' else 'operators'} "
-                      f"(self time):\n\n{gpu_summary.profile_table(row['profile_top'])}\n", flush=True)
+                      f"(self time):\n\n{gpu_summary.profile_table(row['profile_top'])}\n\n"
+                      f"{gpu_summary.profile_busy_line(row)}\n", flush=True)
         save(row)
 
     # Cheap providers first, then the length search, then the compiled ones (slowest to start).

@@ -293,10 +293,15 @@ def mm_gflops(device: torch.device | str, dtype: torch.dtype = torch.float32, si
 # ----------------------------------------------------------------------------------------------
 
 
-def profile_top(fn: Callable[[], object], device: torch.device | str, top: int = 15) -> list[dict]:
-    """The ``top`` operators and kernels of one ``fn()`` call by self time, from torch.profiler:
-    device (kernel) time on CUDA, CPU time on the CPU. Each entry: ``name`` (at most 100
-    characters), ``calls`` and ``self_ms``; the list is sorted longest first."""
+def profile_top(fn: Callable[[], object], device: torch.device | str, top: int = 15) -> tuple[list[dict], float]:
+    """The ``top`` kernels (CUDA) or operators (CPU) of one ``fn()`` call by self time, from
+    torch.profiler, and the sum of every one's self time in ms: on CUDA the device's busy time, to
+    set against the call's wall time (a GPU waiting on the host shows as a gap between the two).
+
+    On CUDA only the device's own events count (kernels, copies, memsets): an operator's row carries
+    the device time of the kernels it launched, so operators and kernels mixed would count it twice.
+    Each entry: ``name`` (at most 100 characters), ``calls`` and ``self_ms``; longest first."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     device = torch.device(device)
@@ -306,13 +311,14 @@ def profile_top(fn: Callable[[], object], device: torch.device | str, top: int =
         fn()
         if on_cuda:
             torch.cuda.synchronize(device)
+    kept = DeviceType.CUDA if on_cuda else DeviceType.CPU
     entries = []
     for event in prof.key_averages():
         self_us = event.self_device_time_total if on_cuda else event.self_cpu_time_total
-        if self_us > 0:
+        if event.device_type == kept and self_us > 0:
             entries.append(dict(name=event.key[:100], calls=int(event.count), self_ms=self_us / 1e3))
     entries.sort(key=lambda e: e["self_ms"], reverse=True)
-    return entries[:top]
+    return entries[:top], sum(e["self_ms"] for e in entries)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -598,6 +598,17 @@ def profile_table(entries: list[dict]) -> str:
                     [[e["name"], e["calls"], f"{e['self_ms']:.3f}", f"{e['self_ms'] / total:.0%}"] for e in entries])
 
 
+def profile_busy_line(row: dict) -> str:
+    """One line setting a profiled step's summed kernel (or operator) time against its median wall
+    time: well under 100% on CUDA means the GPU waits on the host."""
+    total = row.get("profile_total_ms")
+    if total is None:
+        return ""
+    what = "kernel" if row.get("device_type") == "cuda" else "operator"
+    return (f"Summed {what} self time of the profiled step: {total:.1f} ms, "
+            f"{total / row['median_ms']:.0%} of the median step ({row['median_ms']:.1f} ms).")
+
+
 def model_section(work: Path, outdir: Path, dry_run: bool):
     rows = read_jsonl(outdir / "model.jsonl")
     timed = [r for r in rows if r.get("bench") == "model"]
@@ -620,6 +631,8 @@ def model_section(work: Path, outdir: Path, dry_run: bool):
         body += "\n\nOne step's longest kernels (CUDA) or operators (CPU) by self time, per provider (`--profile`):"
         for r in profiled:
             body += f"\n\n*{r['provider']}*\n\n" + profile_table(r["profile_top"])
+            busy = profile_busy_line(r)
+            body += f"\n\n{busy}" if busy else ""
     if dry_run:
         body += "\n\nDry run: the tiny model on CPU, a few providers; numbers mean nothing."
     status = "FAILED" if errors else "PASSED"

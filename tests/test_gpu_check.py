@@ -392,8 +392,9 @@ def test_profile_top_names_the_longest_work_first():
             torch.mm(a, b)
         return a + b
 
-    entries = common.profile_top(work, "cpu", top=3)
+    entries, total_ms = common.profile_top(work, "cpu", top=3)
     assert 1 <= len(entries) <= 3
+    assert total_ms >= sum(e["self_ms"] for e in entries) > 0
     assert entries[0]["name"] == "aten::mm" and entries[0]["calls"] == 4, entries
     assert [e["self_ms"] for e in entries] == sorted((e["self_ms"] for e in entries), reverse=True)
     assert all(e["self_ms"] > 0 for e in entries)
@@ -409,4 +410,13 @@ def test_bench_model_profile_keeps_each_providers_top_in_its_row(capsys):
     assert len(rows) == 1 and "error" not in rows[0], rows
     top = rows[0]["profile_top"]
     assert 1 <= len(top) <= 5 and all({"name", "calls", "self_ms"} <= set(e) for e in top)
-    assert "one step's longest operators" in capsys.readouterr().out
+    assert rows[0]["profile_total_ms"] >= sum(e["self_ms"] for e in top)
+    out = capsys.readouterr().out
+    assert "one step's longest operators" in out and "Summed operator self time of the profiled step" in out
+
+
+def test_profile_busy_line_sets_kernel_time_against_the_step():
+    row = dict(device_type="cuda", median_ms=80.0, profile_total_ms=60.0)
+    assert gpu_summary.profile_busy_line(row) == (
+        "Summed kernel self time of the profiled step: 60.0 ms, 75% of the median step (80.0 ms).")
+    assert gpu_summary.profile_busy_line(dict(device_type="cuda", median_ms=80.0)) == ""
