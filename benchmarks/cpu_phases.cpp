@@ -221,12 +221,13 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
 #ifdef MULTI_ISA
   __builtin_cpu_init();
-  const char* wanted = std::getenv("CONVBERT_KERNELS_CPU_ISA");  // as the extension: base, avx2 or avx512
+  // as the extension: base, avx2, avx512 or avx512bf16 (the same fp32 kernels as avx512 here)
+  const char* wanted = std::getenv("CONVBERT_KERNELS_CPU_ISA");
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
   const std::string w = wanted ? wanted : "avx512";
-  if (avx512 && w == "avx512") return run<2>(argc, argv);
+  if (avx512 && (w == "avx512" || w == "avx512bf16")) return run<2>(argc, argv);
   if (avx2 && w != "base") return run<1>(argc, argv);
 #endif
   return run<0>(argc, argv);

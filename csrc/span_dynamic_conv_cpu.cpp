@@ -2,7 +2,8 @@
 //
 // The loops live in span_dynamic_conv_cpu_kernels.inc, compiled here three times (baseline,
 // AVX2+FMA, AVX-512) with GCC's target pragmas; the widest one the CPU supports is chosen once at
-// run time (CONVBERT_KERNELS_CPU_ISA=base|avx2|avx512 overrides, for testing). The headers are
+// run time (CONVBERT_KERNELS_CPU_ISA=base|avx2|avx512|avx512bf16 overrides, for testing; avx512bf16
+// is the AVX-512 build with vdpbf16ps for the bfloat16 GEMMs). The headers are
 // all included before any target pragma, so no inline library code is compiled for a wider ISA.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -64,7 +65,8 @@ namespace cpu_base {
 
 namespace {
 
-enum class Isa { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
+// kAvx512Bf16: the AVX-512 kernels with vdpbf16ps for the bfloat16 GEMMs (AVX512_BF16).
+enum class Isa { kBase = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 Isa detect_isa() {
   Isa best = Isa::kBase;
@@ -74,6 +76,7 @@ Isa detect_isa() {
   if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
     best = Isa::kAvx512;
+    if (__builtin_cpu_supports("avx512bf16")) best = Isa::kAvx512Bf16;
   }
 #endif
   if (const char* env = std::getenv("CONVBERT_KERNELS_CPU_ISA"); env != nullptr && *env != '\0') {
@@ -81,7 +84,9 @@ Isa detect_isa() {
     if (std::strcmp(env, "base") == 0) wanted = Isa::kBase;
     else if (std::strcmp(env, "avx2") == 0) wanted = Isa::kAvx2;
     else if (std::strcmp(env, "avx512") == 0) wanted = Isa::kAvx512;
-    else TORCH_CHECK(false, "CONVBERT_KERNELS_CPU_ISA must be base, avx2 or avx512 (or unset), got '", env, "'");
+    else if (std::strcmp(env, "avx512bf16") == 0) wanted = Isa::kAvx512Bf16;
+    else TORCH_CHECK(false, "CONVBERT_KERNELS_CPU_ISA must be base, avx2, avx512 or avx512bf16 (or unset), got '",
+                     env, "'");
     best = std::min(best, wanted);  // never more than the CPU has
   }
   return best;
@@ -135,6 +140,7 @@ bool streams(const at::Tensor& out) { return static_cast<int64_t>(out.nbytes()) 
 #define CONVBERT_ISA_CALL(fn, ...)                                  \
   do {                                                              \
     switch (cpu_isa()) {                                            \
+      case Isa::kAvx512Bf16:                                        \
       case Isa::kAvx512: cpu_avx512::fn(__VA_ARGS__); break;        \
       case Isa::kAvx2: cpu_avx2::fn(__VA_ARGS__); break;            \
       default: cpu_base::fn(__VA_ARGS__);                           \
@@ -248,6 +254,19 @@ void padded_copy(const scalar_t* src, acc_t* dst, int64_t rows, int64_t cols, in
   }
 }
 
+// The bfloat16 GEMMs' B operand (span_dynamic_conv_cpu_kernels.inc, bf16_gemm): dst[k / 2, c] holds
+// b[k, c] in its low and b[k + 1, c] in its high 16 bits, b[k, c] = src[k * k_stride + c * c_stride]
+// for k < Kd and c < Nc, zero beyond (k up to Kd rounded up to even, c up to ld).
+void bf16_pairs(const c10::BFloat16* src, int64_t Kd, int64_t Nc, int64_t k_stride, int64_t c_stride,
+                uint32_t* dst, int64_t ld) {
+  const auto bits = [&](int64_t k, int64_t c) -> uint32_t {
+    return k < Kd && c < Nc ? src[k * k_stride + c * c_stride].x : 0;
+  };
+  for (int64_t k = 0; k < Kd; k += 2) {
+    for (int64_t c = 0; c < ld; ++c) dst[k / 2 * ld + c] = bits(k, c) | bits(k + 1, c) << 16;
+  }
+}
+
 // The fused CPU forward: one parallel region over fixed ranges of kRange tokens; per range the
 // product query * key_conv, the A -> n*K projection, softmax and the window sum, all in per-thread
 // scratch that stays in cache. The weight is converted and transposed once, [A, Rp] with R padded.
@@ -258,16 +277,26 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
   const int64_t B = values.size(0), L = values.size(1), C = values.size(2), A = query.size(1);
   const int64_t n = num_heads, d = C / n, R = weight.size(0), K = R / n, N = B * L, Rp = gemm_padded(R);
   const auto acc = acc_dtype_for(values.scalar_type());
-  at::Tensor weight_t = at::empty({A, Rp}, values.options().dtype(acc));
+  // bfloat16 takes the projection in bfloat16 pairs (A2 = A rounded up to even), the others in acc
+  const bool bf16 = values.scalar_type() == at::kBFloat16;
+  const int64_t A2 = A + A % 2;
+  at::Tensor weight_t = at::empty({bf16 ? 0 : A, Rp}, values.options().dtype(acc));
+  at::Tensor weight_pairs = at::empty({bf16 ? A2 / 2 : 0, Rp}, values.options().dtype(at::kInt));
   at::Tensor bias_p = bias.defined() ? at::empty({Rp}, weight_t.options()) : at::Tensor();
+  const bool bf16_dp = cpu_isa() == Isa::kAvx512Bf16;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "span_forward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
-    padded_copy(weight.data_ptr<scalar_t>(), weight_t.data_ptr<acc_t>(), A, R, Rp, /*transpose=*/true);
+    uint32_t* wpairs = reinterpret_cast<uint32_t*>(weight_pairs.data_ptr<int32_t>());
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+      bf16_pairs(weight.data_ptr<c10::BFloat16>(), A, R, /*k_stride=*/1, /*c_stride=*/A, wpairs, Rp);
+    } else {
+      padded_copy(weight.data_ptr<scalar_t>(), weight_t.data_ptr<acc_t>(), A, R, Rp, /*transpose=*/true);
+    }
     if (bias.defined()) padded_copy(bias.data_ptr<scalar_t>(), bias_p.data_ptr<acc_t>(), 1, R, Rp, false);
     const scalar_t* q = query.data_ptr<scalar_t>();
     const scalar_t* kc = key_conv.data_ptr<scalar_t>();
     const scalar_t* v = values.data_ptr<scalar_t>();
-    const acc_t* wt = weight_t.data_ptr<acc_t>();
+    const acc_t* wt = weight_t.data_ptr<acc_t>();  // empty for bfloat16
     const acc_t* bp = bias_p.defined() ? bias_p.data_ptr<acc_t>() : nullptr;
     scalar_t* o = out.data_ptr<scalar_t>();
     acc_t* p = probs.defined() ? probs.data_ptr<acc_t>() : nullptr;  // not saved: the kernel keeps them per token
@@ -278,12 +307,14 @@ void span_forward_cpu(const at::Tensor& query, const at::Tensor& key_conv, const
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       constexpr int64_t kSub = cpu_base::kSubRange;  // the same in every ISA's instantiation
       const int64_t sub = std::min(kSub, N);
-      Scratch<acc_t> ca(sub * A), logits(sub * Rp);
+      Scratch<acc_t> ca(bf16 ? 0 : sub * A), logits(sub * Rp);
+      Scratch<c10::BFloat16> ca_bf16(bf16 ? sub * A2 : 0);
       const int64_t last_token = std::min(N, end * kRange);  // this thread's tokens end there
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(span_forward_range, q, kc, v, wt, bp, m, seq_lo, seq_hi, o, p, L, n, d, K, A, Rp,
-                          padding_l, n0, n1, last_token, ca.data(), logits.data(), stream_out);
+                          padding_l, n0, n1, last_token, ca.data(), logits.data(), stream_out, wpairs,
+                          ca_bf16.data(), bf16_dp);
       }
     });
   });
@@ -306,19 +337,29 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
   const auto acc_options = values.options().dtype(acc);
   if (N == 0) return {at::zeros({R, A}, acc_options), at::zeros({R}, acc_options)};
   const int64_t ranges = num_ranges(N);
-  at::Tensor weight_p = at::empty({R, Ap}, acc_options);
+  // bfloat16 takes d_ca in bfloat16 pairs (R2 = R rounded up to even), the others in acc
+  const bool bf16 = values.scalar_type() == at::kBFloat16;
+  const int64_t R2 = R + R % 2;
+  at::Tensor weight_p = at::empty({bf16 ? 0 : R, Ap}, acc_options);
+  at::Tensor weight_pairs = at::empty({bf16 ? R2 / 2 : 0, Ap}, values.options().dtype(at::kInt));
+  const bool bf16_dp = cpu_isa() == Isa::kAvx512Bf16;
   // every range writes its partials in full (span_backward_range)
   at::Tensor dw_part = at::empty({ranges, R, Ap}, acc_options);
   at::Tensor db_part = at::empty({ranges, R}, acc_options);
   at::Tensor d_weight = at::empty({R, A}, acc_options), d_bias = at::empty({R}, acc_options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "span_backward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
-    padded_copy(weight.data_ptr<scalar_t>(), weight_p.data_ptr<acc_t>(), R, A, Ap, /*transpose=*/false);
+    uint32_t* wpairs = reinterpret_cast<uint32_t*>(weight_pairs.data_ptr<int32_t>());
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+      bf16_pairs(weight.data_ptr<c10::BFloat16>(), R, A, /*k_stride=*/A, /*c_stride=*/1, wpairs, Ap);
+    } else {
+      padded_copy(weight.data_ptr<scalar_t>(), weight_p.data_ptr<acc_t>(), R, A, Ap, /*transpose=*/false);
+    }
     const scalar_t* g = grad_out.data_ptr<scalar_t>();
     const scalar_t* q = query.data_ptr<scalar_t>();
     const scalar_t* kc = key_conv.data_ptr<scalar_t>();
     const scalar_t* v = values.data_ptr<scalar_t>();
-    const acc_t* wp = weight_p.data_ptr<acc_t>();
+    const acc_t* wp = weight_p.data_ptr<acc_t>();  // empty for bfloat16
     const acc_t* p = probs.data_ptr<acc_t>();
     scalar_t* dv = d_values.data_ptr<scalar_t>();
     scalar_t* dq = d_query.data_ptr<scalar_t>();
@@ -332,12 +373,13 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       const int64_t tokens = std::min(kRange, N), sub = std::min(cpu_base::kSubRange, N);
       Scratch<acc_t> dl(tokens * R), ca(tokens * Ap), d_ca(sub * Ap);
+      Scratch<c10::BFloat16> dl_bf16(bf16 ? sub * R2 : 0);
       const int64_t last_token = std::min(N, end * kRange);  // this thread's tokens end there
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);
         CONVBERT_ISA_CALL(span_backward_range, g, q, kc, v, wp, p, m, seq_lo, seq_hi, dv, dq, dkc, dw + r * R * Ap,
                           db + r * R, L, n, d, K, A, Ap, padding_l, n0, n1, last_token, dl.data(), ca.data(),
-                          d_ca.data(), stream_out);
+                          d_ca.data(), stream_out, wpairs, dl_bf16.data(), bf16_dp);
       }
     });
     // the ranges' partials added in range order (the same sums for any thread count)

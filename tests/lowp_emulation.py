@@ -21,9 +21,12 @@ relative error against bf16's 2^-8 and fp16's 2^-11: far below what these checks
             d_bias = column sums of the fp32 (unrounded) d_logits, rounded.
 ``kernel="native"`` (csrc/span_dynamic_conv_cuda.cu): exactly as Triton (the same rounding points:
   tensor-core operands ca and d_logits rounded, d_bias from the fp32 d_logits).
-``kernel="native-cpu"`` (csrc/span_dynamic_conv_cpu_kernels.inc): as above, except that ca is never
-  rounded (the projection runs in fp32 on q * kc in fp32) and d_logits is never rounded in the
-  span op (the backward products take it in fp32).
+``kernel="fp32-operands"``: as above, except that ca is never rounded (the projection runs in fp32
+  on q * kc in fp32) and d_logits is never rounded in the span op (the backward products take it in
+  fp32).
+``kernel="native-cpu"`` (csrc/span_dynamic_conv_cpu_kernels.inc): bf16 as Triton (the projection
+  GEMMs take bfloat16 operands, AVX512_BF16's vdpbf16ps or its emulation, d_bias from the unrounded
+  d_logits); fp16 as "fp32-operands" (no fp16 dot product on these CPUs).
 Inputs and the upstream gradient arrive in the dtype already, which :func:`rounded` reproduces.
 """
 
@@ -90,7 +93,7 @@ def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, mask, gr
     The tensor arguments hold the dtype's numbers already (see :func:`rounded`); ``dtype`` picks
     the rounding (``torch.float64`` disables it, ``torch.float32`` rounds to fp32).
     """
-    triton = {"triton": True, "native": True, "native-cpu": False}[kernel]
+    triton = {"triton": True, "native": True, "fp32-operands": False, "native-cpu": dtype == torch.bfloat16}[kernel]
     ca = query * key_conv
     ca_op = rnd(ca, dtype) if triton else ca  # the projection's operand
     logits = ca_op @ weight.T + (bias if bias is not None else 0.0)

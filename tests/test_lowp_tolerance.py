@@ -171,10 +171,11 @@ def _run_kernel(case):
     return run_dynamic(v, lg, case.shape[4], mask, case.backend, dynamic_grad_out(values.shape))
 
 
-def _kernel_vs_emulations(cases):
-    """{emulated kernel: {output: ||kernel - emulation|| / ||emulation|| / tolerance}}, each norm
-    pooled over ``cases`` (so one ulp flipped in a 5-element tensor does not dominate)."""
-    sums = {kernel: {} for kernel in ("triton", "native-cpu")}
+def _kernel_vs_emulations(cases, kernels):
+    """{emulated kernel: {output: ||kernel - emulation|| / ||emulation|| / tolerance}} for each of
+    ``kernels``, each norm pooled over ``cases`` (so one ulp flipped in a 5-element tensor does not
+    dominate)."""
+    sums = {kernel: {} for kernel in kernels}
     for case in cases:
         got = _run_kernel(case)
         for kernel, acc in sums.items():
@@ -189,10 +190,12 @@ def _kernel_vs_emulations(cases):
 def _check_kernel_matches_its_emulation(cases):
     """The kernel matches the emulation of its own rounding points within 2% of the tolerance, and
     the other kernel's emulation (other rounding points) clearly does not: the check can tell."""
-    fractions = _kernel_vs_emulations(cases)
-    # on CPU the native backend runs the CPU kernels, whose rounding points are "native-cpu"
+    # on CPU the native backend runs the CPU kernels ("native-cpu": bf16 GEMM operands rounded as
+    # Triton's, fp16 ones in fp32); the other model is the one of the two that differs from it
     own = {"triton": "triton", "native": "native-cpu"}[cases[0].backend]
-    other = {"triton": "native-cpu", "native-cpu": "triton"}[own]
+    rounds_operands = own == "triton" or cases[0].dtype == torch.bfloat16
+    other = "fp32-operands" if rounds_operands else "triton"
+    fractions = _kernel_vs_emulations(cases, (own, other))
     print(f"\n{own} {cases[0].dtype} on CPU vs emulation, fraction of the tolerance: "
           + ", ".join(f"{n} {f:.1e}" for n, f in fractions[own].items())
           + f"; vs the {other} emulation: up to {max(fractions[other].values()):.2f}")
@@ -210,8 +213,9 @@ def test_emulation_matches_triton_interpreter_fp16():
 @pytest.mark.skipif("native" not in ck.available_backends("cpu"), reason="native backend not built")
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
 def test_emulation_matches_native_cpu(dtype):
-    """The native CPU kernels round where the "native-cpu" emulation does (fp32 inside, inputs and outputs
-    in the dtype), and clearly not where Triton and the CUDA kernels do."""
+    """The native CPU kernels round where the "native-cpu" emulation does: bf16 where Triton and the CUDA
+    kernels do (bfloat16 GEMM operands), fp16 with fp32 inside (inputs and outputs in the dtype); and
+    clearly not where the other rounding model does."""
     _check_kernel_matches_its_emulation(
         [GpuCase("native", c.op, c.shape, dtype, c.with_mask, c.seed, c.with_bias, c.non_contiguous)
          for c in _VALIDATION_CASES if c.backend == "native"])

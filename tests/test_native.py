@@ -129,7 +129,7 @@ def test_weight_gradient_independent_of_thread_count(native, padding_l):
         assert torch.equal(one[i], many[i]), name
 
 
-@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512", "avx512bf16"])
 def test_every_cpu_instruction_set_matches_oracle(native, isa):
     """CONVBERT_KERNELS_CPU_ISA caps the instruction set the CPU kernels pick at their first call
     (never above what the CPU has), so the baseline and AVX2 loops run here too, for the general
@@ -153,22 +153,18 @@ def test_every_cpu_instruction_set_matches_oracle(native, isa):
             check_span_backend("native", make_span_inputs(2, 37, 20, 24, 3, 8, with_mask=True, seed=3,
                                                           padding_l=0), dtype)
             check_dynamic_backend("native", (2, 37, 20, 24, 3, 8), dtype, with_mask=True, padding_l=7)
-        # bfloat16 in and out: the kernels compute in fp32 and their vectorised conversions round
-        # to bfloat16 bit for bit as torch does (NaN stays NaN), streamed (heads of 32 channels) or not
+        # bfloat16 in and out: the window kernels compute in fp32 and their vectorised conversions
+        # round to bfloat16 bit for bit as torch does (NaN stays NaN), streamed (heads of 32
+        # channels) or not. (The span op's projection takes bfloat16 operands: its own test below.)
         import convbert_kernels as ck
         g = torch.Generator().manual_seed(0)
         v, lg = torch.randn(2, 37, 64, generator=g).bfloat16(), torch.randn(2, 37, 10, generator=g).bfloat16()
-        q, kc = torch.randn(2, 37, 40, generator=g).bfloat16(), torch.randn(2, 37, 40, generator=g).bfloat16()
-        w = (torch.randn(10, 40, generator=g) / 6).bfloat16()
         with torch.no_grad():
-            pairs = [(ck.dynamic_conv(v, lg, 2, backend="native"),
-                      ck.dynamic_conv(v.float(), lg.float(), 2, backend="native")),
-                     (ck.span_dynamic_conv(q, kc, v, w, None, 2, backend="native"),
-                      ck.span_dynamic_conv(q.float(), kc.float(), v.float(), w.float(), None, 2, backend="native"))]
+            low = ck.dynamic_conv(v, lg, 2, backend="native")
+            full = ck.dynamic_conv(v.float(), lg.float(), 2, backend="native")
             v[0, 5, 3] = float("nan")
             with_nan = ck.dynamic_conv(v, lg, 2, backend="native")
-        for low, full in pairs:
-            assert torch.equal(low.view(torch.int16), full.bfloat16().view(torch.int16))
+        assert torch.equal(low.view(torch.int16), full.bfloat16().view(torch.int16))
         # K = 5 centred taps: value 5 is read by tokens 3..7, in its own channel only
         assert with_nan[0, 3:8, 3].isnan().all() and with_nan.isnan().sum() == 5
         print("ok")
@@ -178,6 +174,49 @@ def test_every_cpu_instruction_set_matches_oracle(native, isa):
     env = dict(os.environ, CONVBERT_KERNELS_CPU_ISA=isa, CONVBERT_KERNELS_STREAM_BYTES="0")
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def _cpu_has_avx512_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_bf16" in f.read().split()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _cpu_has_avx512_bf16(), reason="the CPU has no AVX512_BF16 (vdpbf16ps); its emulation, "
+                    "the path such CPUs run, is checked against the oracle on every instruction set above")
+def test_bf16_gemm_instruction_equals_its_emulation(native, tmp_path):
+    """The span op's bfloat16 projection GEMMs with vdpbf16ps (CONVBERT_KERNELS_CPU_ISA=avx512bf16) and
+    with the two-FMA emulation that CPUs without it run (avx512: the same kernels otherwise) give the
+    same outputs and gradients bit for bit: odd A and odd n * K (padded pairs), a mask, a bias."""
+    script = textwrap.dedent(
+        """
+        import sys, torch, convbert_kernels as ck
+        g = torch.Generator().manual_seed(0)
+        results = []
+        for B, L, A, C, n, K in [(2, 37, 41, 24, 3, 7), (1, 70, 64, 48, 6, 9), (2, 5, 9, 6, 3, 9)]:
+            q, kc = torch.randn(B, L, A, generator=g), torch.randn(B, L, A, generator=g)
+            v, w, b = torch.randn(B, L, C, generator=g), torch.randn(n * K, A, generator=g) / A**0.5, torch.randn(n * K, generator=g)
+            mask = torch.rand(B, L, generator=g) > 0.2
+            leaves = [t.bfloat16().requires_grad_() for t in (q, kc, v, w, b)]
+            out = ck.span_dynamic_conv(*leaves, n, padding_mask=mask, backend="native")
+            out.backward(torch.randn(out.shape, generator=g).bfloat16())
+            results += [out.detach()] + [t.grad for t in leaves]
+        torch.save(results, sys.argv[1])
+        """
+    )
+    runs = {}
+    for isa in ("avx512bf16", "avx512"):
+        path = tmp_path / f"{isa}.pt"
+        env = dict(os.environ, CONVBERT_KERNELS_CPU_ISA=isa)
+        proc = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[isa] = torch.load(path)
+    assert len(runs["avx512"]) == 18
+    for i, (dp, emulated) in enumerate(zip(runs["avx512bf16"], runs["avx512"])):
+        assert dp.dtype == torch.bfloat16 and torch.equal(dp.view(torch.int16), emulated.view(torch.int16)), i
 
 
 @pytest.mark.parametrize("name, value", [("CONVBERT_KERNELS_STREAM_BYTES", "4MiB"),
