@@ -373,7 +373,8 @@ std::tuple<at::Tensor, at::Tensor> span_backward_cpu(const at::Tensor& grad_out,
     at::parallel_for(0, num_ranges(N), 1, [&](int64_t begin, int64_t end) {
       const int64_t tokens = std::min(kRange, N), sub = std::min(cpu_base::kSubRange, N);
       Scratch<acc_t> dl(tokens * R), ca(tokens * Ap), d_ca(sub * Ap);
-      Scratch<c10::BFloat16> dl_bf16(bf16 ? sub * R2 : 0);
+      // bfloat16: d_logits rows of a sub-range, then transposed for the range (span_backward_range)
+      Scratch<c10::BFloat16> dl_bf16(bf16 ? cpu_base::kSubRange * R2 + R * (tokens + 1) : 0);
       const int64_t last_token = std::min(N, end * kRange);  // this thread's tokens end there
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n0 = r * kRange, n1 = std::min(N, n0 + kRange);

@@ -153,6 +153,8 @@ def test_every_cpu_instruction_set_matches_oracle(native, isa):
             check_span_backend("native", make_span_inputs(2, 37, 20, 24, 3, 8, with_mask=True, seed=3,
                                                           padding_l=0), dtype)
             check_dynamic_backend("native", (2, 37, 20, 24, 3, 8), dtype, with_mask=True, padding_l=7)
+        # two ranges of tokens (256 + 45: an odd last range, padded to pairs of tokens in bf16)
+        check_span_backend("native", make_span_inputs(1, 301, 20, 24, 3, 9, with_mask=True, seed=6), torch.bfloat16)
         # bfloat16 in and out: the window kernels compute in fp32 and their vectorised conversions
         # round to bfloat16 bit for bit as torch does (NaN stays NaN), streamed (heads of 32
         # channels) or not. (The span op's projection takes bfloat16 operands: its own test below.)
@@ -189,13 +191,14 @@ def _cpu_has_avx512_bf16():
 def test_bf16_gemm_instruction_equals_its_emulation(native, tmp_path):
     """The span op's bfloat16 projection GEMMs with vdpbf16ps (CONVBERT_KERNELS_CPU_ISA=avx512bf16) and
     with the two-FMA emulation that CPUs without it run (avx512: the same kernels otherwise) give the
-    same outputs and gradients bit for bit: odd A and odd n * K (padded pairs), a mask, a bias."""
+    same outputs and gradients bit for bit: odd A, odd n * K and odd token counts (padded pairs), two
+    ranges of tokens, a mask, a bias."""
     script = textwrap.dedent(
         """
         import sys, torch, convbert_kernels as ck
         g = torch.Generator().manual_seed(0)
         results = []
-        for B, L, A, C, n, K in [(2, 37, 41, 24, 3, 7), (1, 70, 64, 48, 6, 9), (2, 5, 9, 6, 3, 9)]:
+        for B, L, A, C, n, K in [(2, 37, 41, 24, 3, 7), (1, 301, 64, 48, 6, 9), (1, 5, 9, 6, 3, 9)]:
             q, kc = torch.randn(B, L, A, generator=g), torch.randn(B, L, A, generator=g)
             v, w, b = torch.randn(B, L, C, generator=g), torch.randn(n * K, A, generator=g) / A**0.5, torch.randn(n * K, generator=g)
             mask = torch.rand(B, L, generator=g) > 0.2
