@@ -93,15 +93,17 @@ def span_dynamic_conv(query, key_conv, values, weight, bias, num_heads, mask, gr
     The tensor arguments hold the dtype's numbers already (see :func:`rounded`); ``dtype`` picks
     the rounding (``torch.float64`` disables it, ``torch.float32`` rounds to fp32).
     """
-    triton = {"triton": True, "native": True, "fp32-operands": False, "native-cpu": dtype == torch.bfloat16}[kernel]
+    # whether the GEMM operands ca and d_logits are rounded to the dtype (the tensor-core operands)
+    rounds_operands = {"triton": True, "native": True, "fp32-operands": False,
+                       "native-cpu": dtype == torch.bfloat16}[kernel]
     ca = query * key_conv
-    ca_op = rnd(ca, dtype) if triton else ca  # the projection's operand
+    ca_op = rnd(ca, dtype) if rounds_operands else ca  # the projection's operand
     logits = ca_op @ weight.T + (bias if bias is not None else 0.0)
     out, p = _window_fwd(values, logits, mask, num_heads, dtype, padding_l)
 
     d_values, d_logits = _window_bwd(grad_out, values, p, mask, num_heads, dtype, padding_l)
     dl = d_logits.reshape(-1, weight.shape[0])
-    dl_op = rnd(dl, dtype) if triton else dl  # operand of both backward dots
+    dl_op = rnd(dl, dtype) if rounds_operands else dl  # operand of both backward dots
     d_ca = (dl_op @ weight).reshape(query.shape)
     d_query = rnd(d_ca * key_conv, dtype)
     d_key_conv = rnd(d_ca * query, dtype)
